@@ -1,0 +1,62 @@
+"""The exception hierarchy of cityenv.
+
+Every error raised for bad user input derives from :class:`CityEnvError` and from the builtin it
+refines (``ValueError``, ``FileNotFoundError``), so callers can catch either. Messages say what was
+expected, what came, and what to do.
+"""
+
+from __future__ import annotations
+
+
+class CityEnvError(Exception):
+    """Base class of every cityenv error."""
+
+
+# --- geometry -------------------------------------------------------------------------------
+class InvalidPoseError(CityEnvError, ValueError):
+    """A pose, quaternion or trajectory holds NaN/inf values or is otherwise malformed."""
+
+
+class InvalidGeodeticError(CityEnvError, ValueError):
+    """A latitude, longitude or height is out of range or not finite."""
+
+
+class ShapeMismatchError(CityEnvError, ValueError):
+    """An array's shape disagrees with the camera or with another array it goes with."""
+
+
+class InvalidDepthError(CityEnvError, ValueError):
+    """A depth map holds negative or non-finite values (0 means "no depth")."""
+
+
+class InvalidCameraError(CityEnvError, ValueError):
+    """Camera intrinsics are not positive/finite."""
+
+
+# --- citydb ---------------------------------------------------------------------------------
+class CityDBError(CityEnvError):
+    """Base class of street-view database errors."""
+
+
+class ManifestNotFoundError(CityDBError, FileNotFoundError):
+    """The database folder has no manifest: it is not a CityDB (or was never committed)."""
+
+
+class CityDBFormatError(CityDBError, ValueError):
+    """The manifest or view table is malformed or of an unsupported format version."""
+
+
+class UnsafePathError(CityDBError, ValueError):
+    """The view table names a file outside the database folder."""
+
+
+class CorruptImageError(CityDBError, ValueError):
+    """A stored image or depth map cannot be decoded."""
+
+
+class ViewNotFoundError(CityDBError, KeyError):
+    """No view with the requested id exists in the database."""
+
+
+class IngestError(CityDBError, ValueError):
+    """An ingestion source (CSV, panorama, depth file) is malformed."""
