@@ -60,3 +60,8 @@ class ViewNotFoundError(CityDBError, KeyError):
 
 class IngestError(CityDBError, ValueError):
     """An ingestion source (CSV, panorama, depth file) is malformed."""
+
+
+# --- names and configuration ----------------------------------------------------------------
+class UnknownNameError(CityEnvError, ValueError):
+    """A name (weather, backend, city, preset) is not one of the known ones; says "did you mean"."""
