@@ -5,18 +5,22 @@ GPU) and a real CARLA server (:mod:`carla_tools.carla_backend`, the ``carla`` ex
 expressed in cityenv's conventions: the world's ENU frame (x east, y north, z up, metres)
 anchored at a geodetic origin, OpenCV cameras (x right, y down, z forward), camera-to-world poses,
 metric z-depth with 0 = none.
+
+Open a backend by name with :func:`make_simulator` (``"town"`` or ``"carla"``).
 """
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from cityenv.errors import UnknownNameError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.pose import Pose
@@ -146,3 +150,65 @@ class Simulator(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- names and the backend registry -----------------------------------------------------------
+def check_choice(kind: str, name: str, choices: Sequence[str]) -> str:
+    """Return ``name`` if it is one of ``choices``; raise naming the choices otherwise.
+
+    Args:
+        kind: What the name names, for the message (``"weather"``, ``"backend"``).
+        name: The name given.
+        choices: The known names.
+
+    Raises:
+        UnknownNameError: If ``name`` is unknown; the message lists the choices and says
+            "Did you mean ...?" when one is close.
+    """
+    if name in choices:
+        return name
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UnknownNameError(f"{kind} must be one of {tuple(choices)}, got {name!r}.{hint}")
+
+
+def _make_town(**kwargs: Any) -> Simulator:
+    from carla_tools.town.town import ProceduralTown
+
+    return ProceduralTown(**kwargs)
+
+
+def _make_carla(**kwargs: Any) -> Simulator:
+    # imported here so that cityenv works without the ``carla`` extra
+    from carla_tools.carla_backend import CarlaSimulator
+
+    return CarlaSimulator(**kwargs)
+
+
+_BACKENDS: dict[str, Callable[..., Simulator]] = {"town": _make_town, "carla": _make_carla}
+BACKENDS = tuple(_BACKENDS)
+"""Names accepted by :func:`make_simulator`."""
+
+
+def make_simulator(backend: str = "town", **kwargs: Any) -> Simulator:
+    """Open a simulator backend.
+
+    Args:
+        backend: ``"town"`` (the built-in procedural town,
+            :class:`carla_tools.town.ProceduralTown`) or ``"carla"`` (a CARLA server,
+            :class:`carla_tools.carla_backend.CarlaSimulator`, needs ``pip install
+            "cityenv[carla]"``).
+        **kwargs: Passed to the backend's constructor (e.g. ``seed=3`` or
+            ``host="localhost", port=2000``).
+
+    Returns:
+        The open simulator; close it (or use it as a context manager) when done.
+
+    Raises:
+        UnknownNameError: For an unknown backend name (the message says "Did you mean ...?").
+
+    Example:
+        >>> with make_simulator("town", seed=3) as sim:
+        ...     lanes = sim.road_network().lanes
+    """
+    return _BACKENDS[check_choice("backend", backend, BACKENDS)](**kwargs)

@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from cityenv.errors import UnknownNameError
+
 WEATHERS = ("clear", "overcast", "wet", "fog")
 """Names accepted by :func:`lighting`."""
 
@@ -98,12 +100,12 @@ class Lighting:
 
 
 def check_weather(name: str) -> str:
-    """Return ``name`` if it is a known weather; raise ValueError naming the choices otherwise."""
+    """Return ``name`` if it is a known weather; raise UnknownNameError (a ValueError) if not."""
     if name in WEATHERS:
         return name
     close = difflib.get_close_matches(str(name), WEATHERS, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"weather must be one of {WEATHERS}, got {name!r}.{hint}")
+    raise UnknownNameError(f"weather must be one of {WEATHERS}, got {name!r}.{hint}")
 
 
 def _mix(a, b, t: float) -> np.ndarray:

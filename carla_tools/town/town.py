@@ -5,26 +5,24 @@ Example:
     >>> town.set_time(datetime(2024, 5, 1, 3, 0, tzinfo=timezone.utc))   # noon in Seoul
     >>> town.set_weather("wet")
     >>> rgb, depth, dynamic = town.render(PinholeCamera.from_fov(256, 256, 90), pose)
+
+It implements :class:`carla_tools.sim.Simulator`, so the data generator treats it like a CARLA
+server (``make_simulator("town", seed=3)``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
 
+from carla_tools.sim import Render, RoadNetwork, Simulator
 from carla_tools.town.actors import TrafficModel, world_seconds
-from carla_tools.town.layout import (
-    Intersection,
-    Lane,
-    LayoutParams,
-    TownLayout,
-    generate_layout,
-)
+from carla_tools.town.layout import LayoutParams, TownLayout, generate_layout
 from carla_tools.town.meshes import actor_templates, static_mesh
 from carla_tools.town.renderer import TownRenderer
 from carla_tools.town.sky import Lighting, check_weather, lighting, solar_position, to_utc
+from cityenv.errors import ShapeMismatchError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.pose import Pose
@@ -38,27 +36,10 @@ DEFAULT_TIME = datetime(2024, 5, 1, 3, 0, tzinfo=timezone.utc)
 STREET_VIEW_HEADINGS = tuple(45.0 * k for k in range(8))
 """Headings (degrees clockwise from north) of the 8 views of a street-view capture."""
 
-
-@dataclass(frozen=True)
-class RoadNetwork:
-    """The drivable network of a town in its ENU frame.
-
-    Attributes:
-        frame: The ENU frame and its geodetic anchor.
-        lanes: Lanes with waypoint polylines ``(N, 3)`` on the road surface.
-        intersections: Junctions with their incoming / outgoing lane ids.
-    """
-
-    frame: LocalFrame
-    lanes: list[Lane]
-    intersections: list[Intersection]
-
-    def waypoints(self) -> np.ndarray:
-        """All lane waypoints stacked, shape ``(P, 3)`` ENU metres."""
-        return np.concatenate([lane.waypoints for lane in self.lanes])
+__all__ = ["DEFAULT_TIME", "SEOUL", "STREET_VIEW_HEADINGS", "ProceduralTown", "RoadNetwork"]
 
 
-class ProceduralTown:
+class ProceduralTown(Simulator):
     """A procedural street world: layout from a seed, actors from (seed, world time).
 
     Args:
@@ -124,7 +105,7 @@ class ProceduralTown:
         return solar_position(self._sun_time, self.frame.lat, self.frame.lon)
 
     def road_network(self) -> RoadNetwork:
-        """Lanes and intersections in the town's ENU frame."""
+        """Lanes (:class:`~carla_tools.town.layout.Lane`) and intersections in the ENU frame."""
         return RoadNetwork(self.frame, self.layout.lanes, self.layout.intersections)
 
     def set_time(self, when: datetime, *, sun_time: datetime | None = None) -> None:
@@ -145,7 +126,8 @@ class ProceduralTown:
         """Set the weather: one of ``clear``, ``overcast``, ``wet``, ``fog``.
 
         Raises:
-            ValueError: For an unknown name (the message lists the choices).
+            UnknownNameError: For an unknown name (the message lists the choices and says
+                "Did you mean ...?").
         """
         self._weather = check_weather(name)
         self._lighting = None
@@ -184,9 +166,7 @@ class ProceduralTown:
                 self._renderer.set_instances(name, rows)
             self._actors_dirty = False
 
-    def render(
-        self, camera: PinholeCamera, pose: Pose | np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def render(self, camera: PinholeCamera, pose: Pose | np.ndarray) -> Render:
         """Render a pinhole view.
 
         Args:
@@ -194,14 +174,17 @@ class ProceduralTown:
             pose: Camera-to-world pose (OpenCV camera, ENU world) or its ``(4, 4)`` matrix.
 
         Returns:
-            ``(rgb, depth, dynamic)``: uint8 ``(H, W, 3)``; metric z-depth float32 ``(H, W)``, 0 for
-            sky; bool ``(H, W)`` true on vehicles and pedestrians.
+            A :class:`~carla_tools.sim.Render` ``(rgb, depth, dynamic)``: uint8 ``(H, W, 3)``;
+            metric z-depth float32 ``(H, W)``, 0 for sky; bool ``(H, W)`` true on vehicles and
+            pedestrians.
         """
         matrix = pose.matrix if isinstance(pose, Pose) else np.asarray(pose, dtype=np.float64)
         if matrix.shape != (4, 4):
-            raise ValueError(f"pose must be a Pose or a (4, 4) matrix, got shape {matrix.shape}.")
+            raise ShapeMismatchError(
+                f"pose must be a Pose or a (4, 4) matrix, got shape {matrix.shape}."
+            )
         self._upload_actors()
-        return self._renderer.render(camera, matrix, self.lighting())
+        return Render(*self._renderer.render(camera, matrix, self.lighting()))
 
     def render_street_view(
         self, position: np.ndarray, *, size: int = 512, heading_offset_deg: float = 0.0
@@ -229,6 +212,3 @@ class ProceduralTown:
 
     def __enter__(self) -> ProceduralTown:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
