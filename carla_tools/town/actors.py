@@ -72,6 +72,9 @@ class LoopSet:
         self._start = np.concatenate([[0], np.cumsum([len(s) for s in seg_len])])
         self._a = np.concatenate([c[:-1] for c in closed])  # segment starts (S, 2)
         self._d = np.concatenate([np.diff(c, axis=0) for c in closed])  # segment vectors (S, 2)
+        seg = np.linalg.norm(self._d, axis=1, keepdims=True)
+        self._unit = self._d / np.maximum(seg, 1e-9)  # unit directions (S, 2)
+        self._yaw = np.arctan2(self._d[:, 1], self._d[:, 0])  # headings (S,)
         # global cumulative arc length: loop k's segments occupy [offset_k, offset_k + length_k)
         self._offset = np.concatenate([[0.0], np.cumsum(self.lengths)])
         self._cum = np.concatenate(
@@ -95,11 +98,8 @@ class LoopSet:
         g = self._offset[loop] + s
         idx = np.searchsorted(self._cum, g, side="right") - 1
         idx = np.clip(idx, self._start[loop], self._start[loop + 1] - 1)
-        d = self._d[idx]
-        seg = np.linalg.norm(d, axis=1)
-        frac = (g - self._cum[idx]) / np.maximum(seg, 1e-9)
-        xy = self._a[idx] + d * frac[:, None]
-        return xy, np.arctan2(d[:, 1], d[:, 0])
+        xy = self._a[idx] + self._unit[idx] * (g - self._cum[idx])[:, None]
+        return xy, self._yaw[idx]
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,7 @@ class TrafficModel:
         self.pedestrian_loops = LoopSet(layout.pedestrian_loops)
         self._veh = self._vehicle_slots(rng)
         self._ped = self._pedestrian_slots(rng)
+        self._active_cache: dict[tuple[int, int], _Active] = {}
 
     def _vehicle_slots(self, rng: np.random.Generator) -> _Slots:
         lengths = self.vehicle_loops.lengths
@@ -188,24 +189,53 @@ class TrafficModel:
 
         Returns:
             Kind name -> ``(M, 11)`` float32 rows ``x, y, z, yaw, colour A (3), colour B (3),
-            scale`` in ENU (vehicles at ``z = 0``, pedestrians on the sidewalk).
+            scale`` in ENU (vehicles at ``z = 0``, pedestrians on the sidewalk), fresh arrays.
         """
-        out = {}
-        v = self._veh
-        active = v.threshold < traffic_density(local_hour) * self.vehicle_scale
-        xy, yaw = self.vehicle_loops.sample(v.loop[active], v.s0[active] + v.speed[active] * t)
-        rows = _rows(xy, np.zeros(len(xy)), yaw, v.color_a[active], v.color_b[active],
-                     v.scale[active])  # fmt: skip
-        for i, kind in enumerate(self.KINDS[:3]):
-            out[kind] = rows[v.kind[active] == i]
-        p = self._ped
-        active = p.threshold < pedestrian_density(local_hour) * self.pedestrian_scale
-        xy, yaw = self.pedestrian_loops.sample(p.loop[active], p.s0[active] + p.speed[active] * t)
+        veh = self._active(self._veh, traffic_density(local_hour) * self.vehicle_scale)
+        xy, yaw = self.vehicle_loops.sample(veh.loop, veh.s0 + veh.speed * t)
+        rows = veh.rows.copy()
+        rows[:, :2], rows[:, 3] = xy, yaw
+        out = dict(zip(self.KINDS[:3], np.split(rows, veh.splits), strict=True))
+        ped = self._active(self._ped, pedestrian_density(local_hour) * self.pedestrian_scale)
+        xy, yaw = self.pedestrian_loops.sample(ped.loop, ped.s0 + ped.speed * t)
+        rows = ped.rows.copy()
         # walk a little to the right or left of the loop line
-        xy = xy + p.lateral[active, None] * np.stack([np.sin(yaw), -np.cos(yaw)], axis=1)
-        out["pedestrian"] = _rows(xy, np.full(len(xy), CURB_HEIGHT), yaw, p.color_a[active],
-                                  p.color_b[active], p.scale[active])  # fmt: skip
+        rows[:, 0] = xy[:, 0] + ped.lateral * np.sin(yaw)
+        rows[:, 1] = xy[:, 1] - ped.lateral * np.cos(yaw)
+        rows[:, 3] = yaw
+        out["pedestrian"] = rows
         return out
+
+    def _active(self, slots: _Slots, density: float) -> _Active:
+        """The occupied slots at a density, grouped by kind (cached: it changes only rarely)."""
+        n = int(np.sum(slots.threshold < density))
+        key = (id(slots), n)
+        if key not in self._active_cache:
+            if len(self._active_cache) > 64:
+                self._active_cache.clear()
+            idx = np.flatnonzero(slots.threshold < density)
+            idx = idx[np.argsort(slots.kind[idx], kind="stable")]  # kinds contiguous, slot order
+            kind = slots.kind[idx]
+            z = CURB_HEIGHT if slots is self._ped else 0.0
+            rows = _rows(np.zeros((len(idx), 2)), np.full(len(idx), z), np.zeros(len(idx)),
+                         slots.color_a[idx], slots.color_b[idx], slots.scale[idx])  # fmt: skip
+            splits = np.searchsorted(kind, [1, 2])
+            self._active_cache[key] = _Active(
+                slots.loop[idx], slots.s0[idx], slots.speed[idx], slots.lateral[idx], rows, splits
+            )
+        return self._active_cache[key]
+
+
+@dataclass(frozen=True)
+class _Active:
+    """The occupied slots at one density: their attributes and instance rows without a place."""
+
+    loop: np.ndarray
+    s0: np.ndarray
+    speed: np.ndarray
+    lateral: np.ndarray
+    rows: np.ndarray  # (M, 11) float32, position and yaw left zero
+    splits: np.ndarray  # where kinds 1 and 2 start (vehicles)
 
 
 def _rows(xy, z, yaw, color_a, color_b, scale) -> np.ndarray:

@@ -22,6 +22,17 @@ from cityenv.geometry.camera import PinholeCamera
 INSTANCE_FLOATS = 11
 """Per-instance floats of an actor: x, y, z, yaw, colour A (3), colour B (3), scale."""
 
+DETAIL_SIZE = 0.6
+"""Static triangles narrower than this (metres; poles, trunks, lamps, signal heads) are details."""
+
+DETAIL_PIXELS = 0.5
+"""Details are dropped in tiles where they would be narrower than this many pixels."""
+
+_LIGHTING_UNIFORMS = (
+    "u_sun_dir", "u_sun_color", "u_zenith", "u_horizon", "u_sun_disc", "u_sky_amb",
+    "u_ground_amb", "u_fog_color", "u_fog_density", "u_wet", "u_night",
+)  # fmt: skip
+
 _SKY_GLSL = """
 uniform vec3 u_sun_dir;
 uniform vec3 u_sun_color;
@@ -52,55 +63,106 @@ _SKY_FS = (
     """
 #version 330
 uniform mat3 u_ray;     // world ray direction of pixel (u, v): u_ray * (u, v, 1)
-uniform float u_height; // image height in pixels
 uniform vec3 u_fog_color;
 uniform float u_fog_density;
-out vec4 f_color;
+layout(location = 0) out vec4 f_color;
+layout(location = 1) out float f_depth;
 """
     + _SKY_GLSL
     + """
 void main() {
-    // GL window y grows upwards; image rows grow downwards: v = H - y (pixel centres at +0.5).
-    vec3 d = normalize(u_ray * vec3(gl_FragCoord.x, u_height - gl_FragCoord.y, 1.0));
+    // the projection flips y, so window y is the image row v (pixel centres at +0.5)
+    vec3 d = normalize(u_ray * vec3(gl_FragCoord.xy, 1.0));
     vec3 c = sky_color(d);
     float haze = clamp(u_fog_density * 40.0, 0.0, 1.0);   // dense fog hides the sky
     c = mix(c, u_fog_color, haze * (1.0 - 0.5 * clamp(d.z * 4.0, 0.0, 1.0)));
-    f_color = vec4(c, 0.0);
+    f_color = vec4(c, 1.0);
+    f_depth = 0.0;
 }
 """
 )
 
-_STATIC_VS = """
+_LIGHT_GLSL = """
+uniform vec3 u_sun_dir;
+uniform vec3 u_sun_color;
+uniform vec3 u_sky_amb;
+uniform vec3 u_ground_amb;
+uniform float u_wet;
+// Per-triangle (flat normals): the incident light, and in alpha the wetness of the surface.
+vec4 light(vec3 n) {
+    vec3 amb = mix(u_ground_amb, u_sky_amb, 0.5 + 0.5 * n.z);
+    return vec4(amb + u_sun_color * max(dot(n, u_sun_dir), 0.0),
+                u_wet * smoothstep(0.7, 0.95, n.z));
+}
+"""
+
+# Everything but position and surface coordinates is constant over a triangle (flat shading), so
+# it goes through flat varyings: the rasteriser then interpolates 5 floats a fragment, not 18.
+_STATIC_VS = (
+    """
 #version 330
 uniform mat4 u_viewproj;
 in vec3 in_pos; in vec3 in_normal; in vec3 in_color; in vec3 in_color2; in vec2 in_uv;
 in vec4 in_params;
-out vec3 v_pos; out vec3 v_normal; out vec3 v_color; out vec3 v_color2; out vec2 v_uv;
-flat out vec4 v_params;
+out vec3 v_pos; out vec2 v_uv;
+flat out vec3 v_normal; flat out vec3 v_color; flat out vec3 v_color2; flat out vec4 v_params;
+flat out vec4 v_light;
+"""
+    + _LIGHT_GLSL
+    + """
 void main() {
     v_pos = in_pos; v_normal = in_normal; v_color = in_color; v_color2 = in_color2;
-    v_uv = in_uv; v_params = in_params;
+    v_uv = in_uv; v_params = in_params; v_light = light(in_normal);
     gl_Position = u_viewproj * vec4(in_pos, 1.0);
 }
 """
+)
 
-_SURFACE_FS = (
+_ACTOR_VS = (
     """
 #version 330
+uniform mat4 u_viewproj;
+in vec3 in_pos; in vec3 in_normal; in vec3 in_color; in vec3 in_color2; in vec2 in_uv;
+in vec4 in_params;
+in vec4 i_pose;      // per instance: x, y, z, yaw
+in vec3 i_color_a; in vec3 i_color_b; in float i_scale;
+out vec3 v_pos; out vec2 v_uv;
+flat out vec3 v_normal; flat out vec3 v_color; flat out vec3 v_color2; flat out vec4 v_params;
+flat out vec4 v_light;
+"""
+    + _LIGHT_GLSL
+    + """
+void main() {
+    float c = cos(i_pose.w), s = sin(i_pose.w);
+    mat2 rot = mat2(c, s, -s, c);
+    vec3 p = in_pos * i_scale;
+    v_pos = vec3(rot * p.xy, p.z) + i_pose.xyz;
+    v_normal = vec3(rot * in_normal.xy, in_normal.z);
+    // params.y picks the colour: 0 the template's, 1 the instance's colour A, 2 colour B
+    v_color = in_params.y > 1.5 ? i_color_b : (in_params.y > 0.5 ? i_color_a : in_color);
+    v_color2 = in_color2; v_uv = in_uv; v_params = vec4(in_params.x, 0.0, 0.0, 0.0);
+    v_light = light(v_normal);
+    gl_Position = u_viewproj * vec4(v_pos, 1.0);
+}
+"""
+)
+
+_SURFACE_FS = """
+#version 330
 uniform vec3 u_cam_pos;
-uniform vec3 u_sky_amb;
-uniform vec3 u_ground_amb;
+uniform vec3 u_sun_dir;
+uniform vec3 u_sun_color;
+uniform vec3 u_zenith;
+uniform vec3 u_horizon;
 uniform vec3 u_fog_color;
 uniform float u_fog_density;
-uniform float u_wet;
 uniform float u_night;
 uniform float u_dynamic;
-in vec3 v_pos; in vec3 v_normal; in vec3 v_color; in vec3 v_color2; in vec2 v_uv;
-flat in vec4 v_params;
-out vec4 f_color;
-"""
-    + _SKY_GLSL
-    + """
+in vec3 v_pos; in vec2 v_uv;
+flat in vec3 v_normal; flat in vec3 v_color; flat in vec3 v_color2; flat in vec4 v_params;
+flat in vec4 v_light;
+layout(location = 0) out vec4 f_color;
+layout(location = 1) out float f_depth;   // metric z-depth, negative on dynamic objects
 float hash(vec2 p) {   // sine-free hash (cheap on a software rasteriser)
     vec3 p3 = fract(vec3(p.xyx) * 0.1031);
     p3 += dot(p3, p3.yzx + 33.33);
@@ -119,7 +181,6 @@ float band(float x, float lo, float hi) {
 }
 
 void main() {
-    vec3 n = normalize(v_normal);
     vec3 albedo = v_color;
     vec3 emit = vec3(0.0);
     float gloss = 0.0;
@@ -188,38 +249,40 @@ void main() {
     } else if (mat == 6) {                            // glass
         gloss = 0.6;
     }
-    vec3 V = normalize(v_pos - u_cam_pos);
-    float wet = u_wet * smoothstep(0.7, 0.95, n.z);
+    float wet = v_light.a;
     albedo *= 1.0 - 0.45 * wet;
     gloss = max(gloss, wet * 0.7);
-    vec3 amb = mix(u_ground_amb, u_sky_amb, 0.5 + 0.5 * n.z);
-    vec3 col = albedo * (amb + u_sun_color * max(dot(n, u_sun_dir), 0.0));
-    if (gloss > 0.0) {
-        vec3 r = reflect(V, n);
-        float fres = 0.06 + 0.94 * pow(1.0 - max(dot(-V, n), 0.0), 5.0);
-        vec3 env = sky_color(normalize(vec3(r.xy, max(r.z, 0.02))));
+    vec3 col = albedo * v_light.rgb;
+    vec3 ray = v_pos - u_cam_pos;
+    float dist = length(ray);
+    if (gloss > 0.0) {   // reflect the sky gradient (the sun itself comes in as a highlight)
+        vec3 V = ray / dist;
+        vec3 r = reflect(V, v_normal);
+        float c = 1.0 - max(-dot(V, v_normal), 0.0);
+        float c2 = c * c;
+        float fres = 0.06 + 0.94 * c2 * c2 * c;
+        float e = max(r.z, 0.02) * inversesqrt(dot(r.xy, r.xy) + max(r.z, 0.02) * max(r.z, 0.02));
+        vec3 env = mix(u_horizon, u_zenith, pow(e, 0.6));
         col = mix(col, env, clamp(fres * gloss * 1.5, 0.0, 1.0));
         col += u_sun_color * pow(max(dot(r, u_sun_dir), 0.0), 200.0) * gloss * 3.0;
     }
     col += emit;
-    float dist = length(v_pos - u_cam_pos);
     float fog = 1.0 - exp(-dist * u_fog_density);
-    col = mix(col, u_fog_color, fog);
-    f_color = vec4(col, u_dynamic);
+    f_color = vec4(mix(col, u_fog_color, fog), 1.0);
+    f_depth = (1.0 - 2.0 * u_dynamic) / gl_FragCoord.w;   // clip w = z-depth of the camera
 }
 """
-)
 
 
 def gl_projection(camera: PinholeCamera, near: float, far: float) -> np.ndarray:
     """OpenGL clip matrix that acts directly on OpenCV camera coordinates.
 
-    The OpenCV -> GL axis flip (GL eye space has y up and looks down -z) is folded in: clip
-    ``w = z_cv`` (points in front have positive w), image rows grow downwards while NDC y grows
-    upwards (hence ``-2 fy / H``), and NDC x/y are ``2 u / W - 1`` / ``1 - 2 v / H`` of the pixel
-    coordinates ``u = fx x / z + cx``, ``v = fy y / z + cy``. Since GL puts pixel centres at window
-    coordinates ``i + 0.5``, a point lands in the pixel :meth:`PinholeCamera.project` names once the
-    read-back image is flipped upside down (row 0 of a GL read is the bottom row).
+    The OpenCV -> GL axis change is folded in: clip ``w = z_cv`` (points in front have positive
+    w), and NDC x/y are ``2 u / W - 1`` / ``2 v / H - 1`` of the pixel coordinates
+    ``u = fx x / z + cx``, ``v = fy y / z + cy``. NDC y thus grows with the image row, so GL's
+    window row ``y`` (pixel centres at ``i + 0.5``) *is* image row ``v`` and a read-back needs no
+    flip; the image is upside down in GL terms, which mirrors the winding of every triangle (the
+    renderer culls with ``front_face = "cw"``).
 
     Args:
         camera: Intrinsics.
@@ -232,109 +295,71 @@ def gl_projection(camera: PinholeCamera, near: float, far: float) -> np.ndarray:
     w, h = camera.width, camera.height
     return np.array([
         [2 * camera.fx / w, 0.0, 2 * camera.cx / w - 1.0, 0.0],
-        [0.0, -2 * camera.fy / h, 1.0 - 2 * camera.cy / h, 0.0],
+        [0.0, 2 * camera.fy / h, 2 * camera.cy / h - 1.0, 0.0],
         [0.0, 0.0, (far + near) / (far - near), -2 * far * near / (far - near)],
         [0.0, 0.0, 1.0, 0.0],
     ])  # fmt: skip
 
 
-def linearize_depth(d: np.ndarray, near: float, far: float) -> np.ndarray:
-    """Metric z-depth from window depth values in [0, 1]; 1 (nothing drawn) becomes 0.
-
-    Args:
-        d: Depth-buffer values, any shape.
-        near: Near plane distance used by :func:`gl_projection`.
-        far: Far plane distance.
-
-    Returns:
-        z-depth in metres, float32, same shape.
-    """
-    d = d.astype(np.float64)
-    ndc = 2.0 * d - 1.0
-    a, b = (far + near) / (far - near), -2 * far * near / (far - near)
-    with np.errstate(divide="ignore"):
-        z = b / (ndc - a)
-    return np.where(d >= 1.0, 0.0, z).astype(np.float32)
-
-
 @dataclass
 class _ActorKind:
-    template: np.ndarray  # (V, VERTEX_FLOATS) float32, local frame
+    """An actor mesh drawn instanced, with its bounding sphere for culling."""
+
     capacity: int
     center: np.ndarray  # bounding-sphere centre in the template frame (3,)
     radius: float
     max_distance: float
+    instance_vbo: moderngl.Buffer
+    vao: moderngl.VertexArray
+    vertices: int
 
 
-def _pose_template(template: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Bake instances of an actor template into world-space vertex rows (one batch, one draw).
+@dataclass(frozen=True)
+class _Tiles:
+    """Static triangles sorted into square tiles; each tile's index range in three layers.
 
-    A software rasteriser runs instanced draws one instance at a time, so placing the few hundred
-    visible actors with numpy and drawing them together is much faster than GL instancing.
-
-    Args:
-        template: ``(V, VERTEX_FLOATS)`` float32; ``params[1]`` selects the colour (0 template,
-            1 instance colour A, 2 colour B).
-        rows: ``(M, INSTANCE_FLOATS)`` instances.
-
-    Returns:
-        ``(M V, VERTEX_FLOATS)`` float32.
+    A tile's indices run ``[first, detail_end)`` small details (dropped beyond the LOD distance),
+    ``[detail_end, count_end)`` the rest; ``lo``/``hi`` bound the tile's triangles.
     """
-    m, v = len(rows), len(template)
-    out = np.empty((m, v, template.shape[1]), dtype=np.float32)
-    out[:] = template
-    c, s = np.cos(rows[:, 3])[:, None], np.sin(rows[:, 3])[:, None]
-    p = template[None, :, 0:3] * rows[:, 10, None, None]
-    out[:, :, 0] = c * p[:, :, 0] - s * p[:, :, 1] + rows[:, 0, None]
-    out[:, :, 1] = s * p[:, :, 0] + c * p[:, :, 1] + rows[:, 1, None]
-    out[:, :, 2] = p[:, :, 2] + rows[:, 2, None]
-    n = template[None, :, 3:6]
-    out[:, :, 3] = c * n[:, :, 0] - s * n[:, :, 1]
-    out[:, :, 4] = s * n[:, :, 0] + c * n[:, :, 1]
-    tint = template[:, 15]
-    out[:, tint == 1, 6:9] = rows[:, None, 4:7]
-    out[:, tint == 2, 6:9] = rows[:, None, 7:10]
-    out[:, :, 15] = 0.0
-    return out.reshape(m * v, template.shape[1])
+
+    first: np.ndarray  # (T,) int
+    detail_end: np.ndarray  # (T,) int
+    end: np.ndarray  # (T,) int
+    lo: np.ndarray  # (T, 3)
+    hi: np.ndarray  # (T, 3)
 
 
-def _outside_planes(clip: np.ndarray) -> np.ndarray:
-    """Clip-space points ``(..., P, 4)``: whether all P lie outside one frustum plane ``(...)``."""
-    x, y, z, w = np.moveaxis(clip, -1, 0)
-    planes = (w + x, w - x, w + y, w - y, w + z, w - z)
-    return np.any(np.stack([np.all(p < 0, axis=-1) for p in planes]), axis=0)
+def _tile_layers(tri: np.ndarray) -> np.ndarray:
+    """Draw order layer of each triangle ``(T, 3, 3)`` within its tile: 0 detail, 1 upright, 2 flat.
+
+    Details are triangles under :data:`DETAIL_SIZE` across (poles, trunks, lamps, lights, tree
+    crowns); ground-level flat surfaces go last since from street level they hide nothing drawn
+    after them but are hidden by walls in front (the early depth test then skips their shading).
+    """
+    ext = np.sort(tri.max(axis=1) - tri.min(axis=1), axis=1)
+    detail = ext[:, 1] < DETAIL_SIZE  # the second-largest extent: how wide the triangle is
+    flat = (ext[:, 0] < 1e-3) & (tri[:, :, 2].max(axis=1) < 0.5)
+    return np.where(detail, 0, np.where(flat, 2, 1))
+
+
+def _index_vertices(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shared vertices of unindexed rows ``(N, F)``: ``(unique (U, F), indices (N,) uint32)``."""
+    view = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1])))
+    _, first, inverse = np.unique(view.ravel(), return_index=True, return_inverse=True)
+    return rows[first], inverse.astype(np.uint32)
 
 
 def _boxes_visible(viewproj: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Conservative frustum test of boxes (min, max corners ``(T, 3)``) -> bool ``(T,)``."""
-    corners = np.stack(np.meshgrid([0, 1], [0, 1], [0, 1], indexing="ij"), -1).reshape(8, 3)
-    pts = np.where(corners[None].astype(bool), hi[:, None, :], lo[:, None, :])  # (T, 8, 3)
-    clip = pts @ viewproj[:3, :3].T + viewproj[:3, 3]
-    clip = np.concatenate([clip, (pts @ viewproj[3, :3] + viewproj[3, 3])[..., None]], axis=-1)
-    return ~_outside_planes(clip)
+    """Conservative frustum test of boxes (min, max corners ``(T, 3)``) -> bool ``(T,)``.
 
-
-def _spheres_visible(
-    camera: PinholeCamera, world_to_cam: np.ndarray, rows: np.ndarray, kind: _ActorKind
-) -> np.ndarray:
-    """Instances whose bounding sphere may be in view and within the kind's draw distance.
-
-    Tests the sphere centres, in OpenCV camera coordinates, against the four side planes of the
-    view frustum (through the camera centre and the image borders) and against ``z > -r``.
+    A box is out when, for one frustum plane, its corner farthest along the plane's normal (the
+    "positive vertex") is behind it.
     """
-    yaw = rows[:, 3].astype(np.float64)
-    c, s = np.cos(yaw), np.sin(yaw)
-    cx, cy, cz = kind.center
-    center = rows[:, :3] + np.stack([c * cx - s * cy, s * cx + c * cy, np.full_like(c, cz)], 1)
-    r = kind.radius * rows[:, 10]
-    p = center @ world_to_cam[:3, :3].T + world_to_cam[:3, 3]
-    planes = np.array([
-        [camera.fx, 0.0, camera.cx], [-camera.fx, 0.0, camera.width - camera.cx],
-        [0.0, camera.fy, camera.cy], [0.0, -camera.fy, camera.height - camera.cy],
-    ])  # fmt: skip
-    planes /= np.linalg.norm(planes, axis=1, keepdims=True)
-    inside = np.all(p @ planes.T > -r[:, None], axis=1)
-    return inside & (p[:, 2] > -r) & (np.linalg.norm(p, axis=1) < kind.max_distance + r)
+    m = viewproj
+    planes = np.stack([m[3] + m[0], m[3] - m[0], m[3] + m[1], m[3] - m[1], m[3] + m[2],
+                       m[3] - m[2]])  # fmt: skip
+    pos = np.where(planes[None, :, :3] > 0, hi[:, None, :], lo[:, None, :])  # (T, 6, 3)
+    return np.all(np.einsum("tpk,pk->tp", pos, planes[:, :3]) + planes[:, 3] >= 0, axis=1)
 
 
 class TownRenderer:
@@ -353,38 +378,63 @@ class TownRenderer:
         self.ctx = context or moderngl.create_standalone_context(backend="egl")
         self._sky = self.ctx.program(vertex_shader=_SKY_VS, fragment_shader=_SKY_FS)
         self._static_prog = self.ctx.program(vertex_shader=_STATIC_VS, fragment_shader=_SURFACE_FS)
+        self._actor_prog = self.ctx.program(vertex_shader=_ACTOR_VS, fragment_shader=_SURFACE_FS)
+        self._static_prog["u_dynamic"].value = 0.0
+        self._actor_prog["u_dynamic"].value = 1.0
         self._sky_vao = self.ctx.vertex_array(self._sky, [])
         self._static_vao: moderngl.VertexArray | None = None
+        self._tiles: _Tiles | None = None
         self._actors: dict[str, _ActorKind] = {}
         self._instances: dict[str, np.ndarray] = {}
-        self._actor_vao: moderngl.VertexArray | None = None
         self._fbos: dict[tuple[int, int], moderngl.Framebuffer] = {}
+        self._lighting: Lighting | None = None
+        self._lighting_uniforms = [
+            (name, prog[name])
+            for prog in (self._sky, self._static_prog, self._actor_prog)
+            for name in _LIGHTING_UNIFORMS
+            if name in prog
+        ]
+        self.triangles = 0
+        """Triangles in the static town."""
+        self.triangles_drawn = 0
+        """Triangles submitted in the last frame (static tiles and actors)."""
 
     # --- scene --------------------------------------------------------------------------------
     def set_static(self, vertices: np.ndarray, tile_size: float = 40.0) -> None:
-        """Upload the static town, sorted into square tiles for frustum culling.
+        """Upload the static town, indexed and sorted into square tiles for frustum culling.
 
         Args:
-            vertices: Vertex rows ``(N, VERTEX_FLOATS)`` float32, see the meshes module.
+            vertices: Vertex rows ``(N, VERTEX_FLOATS)`` float32 (three per triangle), see the
+                meshes module.
             tile_size: Edge of the culling tiles in metres; a triangle belongs to the tile holding
                 its centroid, and each tile is culled by the bounding box of its triangles.
         """
-        tri = np.asarray(vertices, dtype=np.float32).reshape(-1, 3, vertices.shape[1])
-        cell = np.floor(tri[:, :, :2].mean(axis=1) / tile_size).astype(np.int64)
-        cell -= cell.min(axis=0)
-        key = cell[:, 1] * (cell[:, 0].max() + 1) + cell[:, 0]
-        order = np.argsort(key, kind="stable")
-        tri, key = tri[order], key[order]
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        rows = np.asarray(vertices, dtype=np.float32)
+        tri = rows.reshape(-1, 3, rows.shape[1])
         xyz = tri[:, :, :3]
-        self._tile_first = starts * 3
-        self._tile_count = np.diff(np.r_[starts, len(tri)]) * 3
-        self._tile_min = np.minimum.reduceat(xyz.min(axis=1), starts)
-        self._tile_max = np.maximum.reduceat(xyz.max(axis=1), starts)
-        vbo = self.ctx.buffer(np.ascontiguousarray(tri).tobytes())
+        cell = np.floor(xyz[:, :, :2].mean(axis=1) / tile_size).astype(np.int64)
+        cell -= cell.min(axis=0)
+        tile = cell[:, 1] * (cell[:, 0].max() + 1) + cell[:, 0]
+        layer = _tile_layers(xyz)
+        order = np.lexsort((layer, tile))
+        tri, tile, layer, xyz = tri[order], tile[order], layer[order], xyz[order]
+        starts = np.flatnonzero(np.r_[True, tile[1:] != tile[:-1]])
+        ends = np.r_[starts[1:], len(tri)]
+        # first non-detail triangle of each tile (layers are sorted within a tile)
+        detail_end = starts + np.add.reduceat((layer == 0).astype(np.int64), starts)
+        self._tiles = _Tiles(
+            first=starts * 3, detail_end=detail_end * 3, end=ends * 3,
+            lo=np.minimum.reduceat(xyz.min(axis=1), starts),
+            hi=np.maximum.reduceat(xyz.max(axis=1), starts),
+        )  # fmt: skip
+        unique, index = _index_vertices(tri.reshape(-1, rows.shape[1]))
+        self.triangles = len(tri)
+        vbo = self.ctx.buffer(np.ascontiguousarray(unique).tobytes())
+        ibo = self.ctx.buffer(index.tobytes())
         self._static_vao = self.ctx.vertex_array(
-            self._static_prog, [(vbo, VERTEX_FORMAT, *VERTEX_ATTRIBUTES)], skip_errors=True
-        )
+            self._static_prog, [(vbo, VERTEX_FORMAT, *VERTEX_ATTRIBUTES)], ibo, 4,
+            skip_errors=True,
+        )  # fmt: skip
 
     def add_actor_kind(
         self, name: str, template: np.ndarray, max_instances: int, max_distance: float = 1e9
@@ -393,7 +443,9 @@ class TownRenderer:
 
         Args:
             name: Kind name, used by :meth:`set_instances`.
-            template: Vertex rows ``(V, VERTEX_FLOATS)`` in the actor's local frame.
+            template: Vertex rows ``(V, VERTEX_FLOATS)`` in the actor's local frame (x forward,
+                y left, z up); ``params[1]`` selects the colour (0 the template's, 1 the
+                instance's colour A, 2 colour B).
             max_instances: Capacity of its instance buffer.
             max_distance: Instances farther than this from the camera are not drawn (they would
                 cover a pixel or less), metres.
@@ -402,13 +454,16 @@ class TownRenderer:
         xyz = template[:, :3]
         center = 0.5 * (xyz.min(axis=0) + xyz.max(axis=0))
         radius = float(np.linalg.norm(xyz - center, axis=1).max()) * 1.15  # room for scale
-        self._actors[name] = _ActorKind(template, max_instances, center, radius, max_distance)
-        capacity = sum(k.capacity * len(k.template) for k in self._actors.values())
-        self._actor_vbo = self.ctx.buffer(reserve=max(capacity, 1) * template.shape[1] * 4)
-        self._actor_vao = self.ctx.vertex_array(
-            self._static_prog,
-            [(self._actor_vbo, VERTEX_FORMAT, *VERTEX_ATTRIBUTES)],
+        vbo = self.ctx.buffer(template.tobytes())
+        instance_vbo = self.ctx.buffer(reserve=max(max_instances, 1) * INSTANCE_FLOATS * 4)
+        vao = self.ctx.vertex_array(
+            self._actor_prog,
+            [(vbo, VERTEX_FORMAT, *VERTEX_ATTRIBUTES),
+             (instance_vbo, "4f 3f 3f 1f/i", "i_pose", "i_color_a", "i_color_b", "i_scale")],
             skip_errors=True,
+        )  # fmt: skip
+        self._actors[name] = _ActorKind(
+            max_instances, center, radius, max_distance, instance_vbo, vao, len(template)
         )
         self._instances[name] = np.zeros((0, INSTANCE_FLOATS), np.float32)
 
@@ -434,30 +489,87 @@ class TownRenderer:
         key = (width, height)
         if key not in self._fbos:
             self._fbos[key] = self.ctx.framebuffer(
-                color_attachments=[self.ctx.renderbuffer(key, 4)],
+                color_attachments=[
+                    self.ctx.renderbuffer(key, 3),
+                    # metric z-depth, 0 = sky, negated on dynamic objects
+                    self.ctx.renderbuffer(key, 1, dtype="f4"),
+                ],
                 depth_attachment=self.ctx.depth_renderbuffer(key),
             )
         return self._fbos[key]
 
-    def _set_uniforms(self, lighting: Lighting, cam_pos: np.ndarray, viewproj: np.ndarray) -> None:
+    def _set_lighting(self, lighting: Lighting) -> None:
+        """Write the lighting uniforms, only when the lighting object changed."""
+        if lighting is self._lighting:
+            return
         values = {
             "u_sun_dir": lighting.sun_dir, "u_sun_color": lighting.sun_color,
             "u_zenith": lighting.zenith, "u_horizon": lighting.horizon,
             "u_sun_disc": lighting.sun_disc, "u_sky_amb": lighting.sky_ambient,
             "u_ground_amb": lighting.ground_ambient, "u_fog_color": lighting.fog_color,
             "u_fog_density": lighting.fog_density, "u_wet": lighting.wetness,
-            "u_night": lighting.night, "u_cam_pos": cam_pos,
-            # GL matrices are column-major: hand over the transpose's bytes
-            "u_viewproj": viewproj.T.astype(np.float32).tobytes(),
+            "u_night": lighting.night,
         }  # fmt: skip
-        for prog in (self._sky, self._static_prog):
-            for key, value in values.items():
-                if key in prog:
-                    if isinstance(value, bytes):
-                        prog[key].write(value)
-                    else:
-                        prog[key].value = tuple(np.atleast_1d(value).tolist()) if np.ndim(
-                            value) else float(value)  # fmt: skip
+        for key, uniform in self._lighting_uniforms:
+            value = values[key]
+            uniform.value = tuple(map(float, value)) if np.ndim(value) else float(value)
+        self._lighting = lighting
+
+    def _set_camera(self, viewproj: np.ndarray, cam_pos: np.ndarray, ray: np.ndarray) -> None:
+        # GL matrices are column-major: hand over the transpose's bytes
+        vp = viewproj.T.astype(np.float32).tobytes()
+        pos = cam_pos.astype(np.float32).tobytes()
+        for prog in (self._static_prog, self._actor_prog):
+            prog["u_viewproj"].write(vp)
+            prog["u_cam_pos"].write(pos)
+        self._sky["u_ray"].write(ray.T.astype(np.float32).tobytes())
+
+    def _draw_static(self, viewproj: np.ndarray, cam_pos: np.ndarray, lod_distance: float) -> int:
+        """Draw the visible tiles front to back; returns the triangle count drawn.
+
+        Front to back lets the early depth test skip shading hidden surfaces (a few dozen draw
+        calls over tiles; objects are never looped over). Tiles whose nearest point is beyond
+        ``lod_distance`` skip their small details.
+        """
+        t = self._tiles
+        if self._static_vao is None or t is None:
+            return 0
+        visible = np.flatnonzero(_boxes_visible(viewproj, t.lo, t.hi))
+        lo, hi = t.lo[visible], t.hi[visible]
+        near = np.linalg.norm(np.clip(cam_pos, lo, hi) - cam_pos, axis=1)
+        centre = np.linalg.norm(0.5 * (lo + hi) - cam_pos, axis=1)
+        order = np.argsort(centre)
+        visible, near = visible[order], near[order]
+        first = np.where(near < lod_distance, t.first[visible], t.detail_end[visible])
+        count = t.end[visible] - first
+        for f, c in zip(first.tolist(), count.tolist(), strict=True):
+            if c:
+                self._static_vao.render(moderngl.TRIANGLES, vertices=c, first=f)
+        return int(count.sum()) // 3
+
+    def _draw_actors(self, camera: PinholeCamera, world_to_cam: np.ndarray) -> int:
+        """Cull the instances by bounding sphere, upload and draw the rest, one call per kind."""
+        names = [name for name in self._actors if len(self._instances[name])]
+        if not names:
+            return 0
+        rows = [self._instances[name] for name in names]
+        kinds = [self._actors[name] for name in names]
+        counts = [len(r) for r in rows]
+        # per-row sphere: centre above the instance origin, radius grown by the centre's offset
+        lift = np.repeat([k.center[2] for k in kinds], counts)
+        grow = np.repeat([k.radius + np.hypot(*k.center[:2]) for k in kinds], counts)
+        reach = np.repeat([k.max_distance for k in kinds], counts)
+        stacked = np.concatenate(rows)
+        visible = _spheres_visible(camera, world_to_cam, stacked, lift, grow, reach)
+        drawn = 0
+        for kind, part, keep in zip(kinds, rows, np.split(visible, np.cumsum(counts)[:-1]),
+                                    strict=True):  # fmt: skip
+            part = part[keep]
+            if len(part):
+                kind.instance_vbo.write(part.tobytes())
+                kind.vao.render(moderngl.TRIANGLES, vertices=kind.vertices, instances=len(part))
+                drawn += len(part) * kind.vertices // 3
+        return drawn
 
     def render(
         self, camera: PinholeCamera, cam_to_world: np.ndarray, lighting: Lighting
@@ -476,38 +588,21 @@ class TownRenderer:
         w, h = camera.width, camera.height
         world_to_cam = np.linalg.inv(cam_to_world)
         viewproj = gl_projection(camera, self.near, self.far) @ world_to_cam
-        self._set_uniforms(lighting, cam_to_world[:3, 3], viewproj)
-        ray = cam_to_world[:3, :3] @ np.linalg.inv(camera.K)
-        self._sky["u_ray"].write(ray.T.astype(np.float32).tobytes())
-        self._sky["u_height"].value = float(h)
+        cam_pos = cam_to_world[:3, 3]
+        self._set_lighting(lighting)
+        self._set_camera(viewproj, cam_pos, cam_to_world[:3, :3] @ np.linalg.inv(camera.K))
         fbo = self._fbo(w, h)
         fbo.use()
         fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         ctx = self.ctx
         ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
+        ctx.front_face = "cw"  # the y-flipping projection mirrors the counter-clockwise winding
         ctx.depth_func = "<"
-        cam_pos = cam_to_world[:3, 3]
-        batch = [
-            _pose_template(kind.template, rows[_spheres_visible(camera, world_to_cam, rows, kind)])
-            for kind, rows in ((self._actors[k], self._instances[k]) for k in self._actors)
-        ]
-        batch = [b for b in batch if len(b)]
-        if batch:
-            vertices = np.concatenate(batch)
-            self._actor_vbo.write(vertices.tobytes())
-            self._static_prog["u_dynamic"].value = 1.0
-            self._actor_vao.render(moderngl.TRIANGLES, vertices=len(vertices))
-        if self._static_vao is not None:
-            self._static_prog["u_dynamic"].value = 0.0
-            # Visible tiles front to back, so the early depth test skips shading hidden surfaces
-            # (a few dozen draw calls over tiles; objects are never looped over).
-            visible = np.flatnonzero(_boxes_visible(viewproj, self._tile_min, self._tile_max))
-            centre = 0.5 * (self._tile_min[visible] + self._tile_max[visible])
-            visible = visible[np.argsort(np.linalg.norm(centre - cam_pos, axis=1))]
-            for first, count in zip(
-                self._tile_first[visible].tolist(), self._tile_count[visible].tolist(), strict=True
-            ):
-                self._static_vao.render(moderngl.TRIANGLES, vertices=count, first=first)
+        # beyond this distance a detail of DETAIL_SIZE covers less than DETAIL_PIXELS pixels
+        lod = DETAIL_SIZE * max(camera.fx, camera.fy) / DETAIL_PIXELS
+        drawn = self._draw_actors(camera, world_to_cam)
+        drawn += self._draw_static(viewproj, cam_pos, lod)
+        self.triangles_drawn = drawn
         # The sky last, at the far plane, only where nothing was drawn (early depth test skips
         # the covered pixels); it writes no depth, so sky pixels keep the cleared 1.0 -> depth 0.
         ctx.disable(moderngl.CULL_FACE)
@@ -515,16 +610,51 @@ class TownRenderer:
         fbo.depth_mask = False
         self._sky_vao.render(moderngl.TRIANGLES, vertices=3)
         fbo.depth_mask = True
-        rgba = np.frombuffer(fbo.read(components=4), dtype=np.uint8).reshape(h, w, 4)
-        zbuf = np.frombuffer(
-            fbo.read(components=1, attachment=-1, dtype="f4"), dtype=np.float32
-        ).reshape(h, w)
-        # GL rows run bottom-up; image rows top-down.
-        rgba, zbuf = rgba[::-1], zbuf[::-1]
-        rgb = np.ascontiguousarray(rgba[..., :3])
-        dynamic = rgba[..., 3] > 127
-        return rgb, linearize_depth(zbuf, self.near, self.far), dynamic
+        rgb = np.empty((h, w, 3), np.uint8)
+        depth = np.empty((h, w), np.float32)
+        fbo.read_into(rgb, components=3)
+        fbo.read_into(depth, components=1, attachment=1, dtype="f4")
+        dynamic = depth < 0.0  # actors write their depth negated
+        np.abs(depth, out=depth)
+        return rgb, depth, dynamic
 
     def release(self) -> None:
         """Free GL objects and the context."""
         self.ctx.release()
+
+
+def _spheres_visible(
+    camera: PinholeCamera,
+    world_to_cam: np.ndarray,
+    rows: np.ndarray,
+    lift: np.ndarray,
+    radius: np.ndarray,
+    reach: np.ndarray,
+) -> np.ndarray:
+    """Instances whose bounding sphere may be in view and within their draw distance.
+
+    Tests the sphere centres, in OpenCV camera coordinates, against the four side planes of the
+    view frustum (through the camera centre and the image borders) and against ``z > -r``.
+
+    Args:
+        camera: Intrinsics.
+        world_to_cam: ``(4, 4)`` world-to-camera transform.
+        rows: ``(M, INSTANCE_FLOATS)`` instances.
+        lift: Height of each sphere centre above its instance origin ``(M,)``, metres.
+        radius: Sphere radius at scale 1 ``(M,)``, metres.
+        reach: Draw distance ``(M,)``, metres.
+
+    Returns:
+        Bool ``(M,)``.
+    """
+    r = (radius * rows[:, 10]).astype(np.float32)
+    centre = rows[:, :3].astype(np.float64)
+    centre[:, 2] += lift
+    p = centre @ world_to_cam[:3, :3].T + world_to_cam[:3, 3]
+    planes = np.array([
+        [camera.fx, 0.0, camera.cx], [-camera.fx, 0.0, camera.width - camera.cx],
+        [0.0, camera.fy, camera.cy], [0.0, -camera.fy, camera.height - camera.cy],
+    ])  # fmt: skip
+    planes /= np.linalg.norm(planes, axis=1, keepdims=True)
+    inside = np.all(p @ planes.T > -r[:, None], axis=1)
+    return inside & (p[:, 2] > -r) & (np.einsum("ij,ij->i", p, p) < (reach + r) ** 2)
