@@ -1,0 +1,74 @@
+"""cityenv.geometry: geodesy, poses, cameras, panoramas, Plücker rays and forward splatting.
+
+Pure functions and small value types, no I/O. Conventions (``../shared/DESIGN.md``): a city's ENU
+frame (x east, y north, z up, metres), OpenCV cameras (x right, y down, z forward), camera-to-world
+poses, (w, x, y, z) quaternions, metric z-depth with 0 = none.
+
+Names are imported on first use (PEP 562), so code that needs only poses and cameras (the town's
+render workers, say) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cityenv.geometry.camera import PinholeCamera
+    from cityenv.geometry.geodesy import (
+        LocalFrame,
+        ecef_to_geodetic,
+        geodetic_to_ecef,
+        heading_to_yaw,
+        yaw_to_heading,
+    )
+    from cityenv.geometry.panorama import PinholeView, equirect_to_pinholes, view_rotation
+    from cityenv.geometry.pose import Pose, Trajectory
+    from cityenv.geometry.rays import plucker_rays
+    from cityenv.geometry.splat import coverage, forward_splat, unproject
+
+_HOMES = {
+    "PinholeCamera": "camera",
+    "LocalFrame": "geodesy",
+    "ecef_to_geodetic": "geodesy",
+    "geodetic_to_ecef": "geodesy",
+    "heading_to_yaw": "geodesy",
+    "yaw_to_heading": "geodesy",
+    "PinholeView": "panorama",
+    "equirect_to_pinholes": "panorama",
+    "view_rotation": "panorama",
+    "Pose": "pose",
+    "Trajectory": "pose",
+    "plucker_rays": "rays",
+    "coverage": "splat",
+    "forward_splat": "splat",
+    "unproject": "splat",
+}
+__all__ = [
+    "LocalFrame",
+    "PinholeCamera",
+    "PinholeView",
+    "Pose",
+    "Trajectory",
+    "coverage",
+    "ecef_to_geodetic",
+    "equirect_to_pinholes",
+    "forward_splat",
+    "geodetic_to_ecef",
+    "heading_to_yaw",
+    "plucker_rays",
+    "unproject",
+    "view_rotation",
+    "yaw_to_heading",
+]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'cityenv.geometry' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"cityenv.geometry.{home}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
