@@ -65,3 +65,16 @@ class IngestError(CityDBError, ValueError):
 # --- names and configuration ----------------------------------------------------------------
 class UnknownNameError(CityEnvError, ValueError):
     """A name (weather, backend, city, preset) is not one of the known ones; says "did you mean"."""
+
+
+# --- environment ----------------------------------------------------------------------------
+class InvalidActionError(CityEnvError, ValueError):
+    """An action is outside the action space or holds NaN/inf values."""
+
+
+class OutOfCoverageError(CityEnvError, ValueError):
+    """A start or goal lies outside the streets the database covers."""
+
+
+class CityDataNotFoundError(CityEnvError, FileNotFoundError):
+    """No street-view database was given or found for a city; says how to build one."""
