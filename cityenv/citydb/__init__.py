@@ -1,0 +1,78 @@
+"""cityenv.citydb: the geo-indexed street-view database and two-stage retrieval.
+
+On-disk format: ``docs/citydb.md``. Typical use::
+
+    from cityenv.citydb import CityDB, CityDBWriter, Retriever, ingest_panoramas
+
+    ingest_panoramas("panoramas.csv", "seoul.citydb", city="seoul")
+    db = CityDB.open("seoul.citydb")
+    result = Retriever(db).retrieve(trajectory_chunk, camera, exclude_traversals=["drive-7"])
+
+Names are imported on first use (PEP 562), so writing or reading a database does not import
+torch; only the retrieval module (stage 2 reprojection) does.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cityenv.citydb.ingest import IngestStats, PanoramaRow, ingest_panoramas, read_panorama_csv
+    from cityenv.citydb.reader import CityDB, View, ViewMetadata
+    from cityenv.citydb.retrieval import (
+        Candidates,
+        ChunkQuery,
+        DepthCache,
+        DepthProvider,
+        Reference,
+        RetrievalResult,
+        Retriever,
+    )
+    from cityenv.citydb.writer import CityDBWriter
+
+_HOMES = {
+    "IngestStats": "ingest",
+    "PanoramaRow": "ingest",
+    "ingest_panoramas": "ingest",
+    "read_panorama_csv": "ingest",
+    "CityDB": "reader",
+    "View": "reader",
+    "ViewMetadata": "reader",
+    "Candidates": "retrieval",
+    "ChunkQuery": "retrieval",
+    "DepthCache": "retrieval",
+    "DepthProvider": "retrieval",
+    "Reference": "retrieval",
+    "RetrievalResult": "retrieval",
+    "Retriever": "retrieval",
+    "CityDBWriter": "writer",
+}
+__all__ = [
+    "Candidates",
+    "ChunkQuery",
+    "CityDB",
+    "CityDBWriter",
+    "DepthCache",
+    "DepthProvider",
+    "IngestStats",
+    "PanoramaRow",
+    "Reference",
+    "RetrievalResult",
+    "Retriever",
+    "View",
+    "ViewMetadata",
+    "ingest_panoramas",
+    "read_panorama_csv",
+]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'cityenv.citydb' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"cityenv.citydb.{home}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,99 @@
+"""Command line: ``python -m cityenv.citydb {ingest,info} ...``.
+
+Examples::
+
+    python -m cityenv.citydb ingest panoramas.csv seoul.citydb --city seoul
+    python -m cityenv.citydb info seoul.citydb
+    python -m cityenv.citydb compact seoul.citydb
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cityenv.errors import CityEnvError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cityenv.citydb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ingest = sub.add_parser("ingest", help="cut CSV-listed panoramas into views and store them")
+    ingest.add_argument("csv", help="panorama CSV (image, lat, lon, height, heading, ...)")
+    ingest.add_argument("db", help="database folder (created or resumed)")
+    ingest.add_argument("--city", help="city name (required for a new database)")
+    ingest.add_argument(
+        "--anchor",
+        nargs=3,
+        type=float,
+        metavar=("LAT", "LON", "HEIGHT"),
+        help="ENU anchor of a new database (default: the first panorama)",
+    )
+    ingest.add_argument("--views", type=int, default=8, help="pinhole views per panorama")
+    ingest.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("W", "H"))
+    ingest.add_argument("--fov", type=float, default=90.0, help="horizontal FOV of a view, deg")
+    ingest.add_argument("--jpeg", action="store_true", help="store JPEG instead of lossless PNG")
+    ingest.add_argument("--commit-every", type=int, default=100, help="panoramas per commit")
+    ingest.add_argument("--source", default="streetview", help="provenance stored per view")
+    ingest.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    info = sub.add_parser("info", help="print a summary of a database")
+    info.add_argument("db", help="database folder")
+    compact = sub.add_parser("compact", help="merge small table parts (faster opening)")
+    compact.add_argument("db", help="database folder")
+    compact.add_argument("--max-views", type=int, default=2_000_000, help="views per part")
+    return parser
+
+
+def _ingest(args: argparse.Namespace) -> None:
+    from cityenv.citydb.ingest import ingest_panoramas
+    from cityenv.geometry.geodesy import LocalFrame
+
+    stats = ingest_panoramas(
+        args.csv,
+        args.db,
+        city=args.city,
+        frame=LocalFrame(*args.anchor) if args.anchor else None,
+        num_views=args.views,
+        size=tuple(args.size),
+        fov_deg=args.fov,
+        image_format="jpeg" if args.jpeg else None,
+        commit_every=args.commit_every,
+        source=args.source,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{stats.rows} rows: {stats.added} panoramas added ({stats.views} views), "
+        f"{stats.skipped} already present, {stats.seconds:.1f} s"
+    )
+
+
+def _info(args: argparse.Namespace) -> None:
+    from cityenv.citydb.reader import CityDB
+
+    print(json.dumps(CityDB.open(args.db).info(), indent=2))
+
+
+def _compact(args: argparse.Namespace) -> None:
+    from cityenv.citydb.writer import CityDBWriter
+
+    with CityDBWriter(args.db) as writer:
+        before = len(writer.manifest.parts)
+        after = writer.compact(args.max_views)
+    print(f"{before} parts -> {after} parts")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for bad input)."""
+    args = _parser().parse_args(argv)
+    command = {"ingest": _ingest, "info": _info, "compact": _compact}[args.command]
+    try:
+        command(args)
+    except CityEnvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,522 @@
+"""The on-disk format of a CityDB: manifest, Parquet tables, blob shards, codecs.
+
+A CityDB is one folder (see ``docs/citydb.md`` for the full description)::
+
+    manifest.json                  format version, city, ENU anchor, cameras, committed parts/shards
+    views/part-NNNNN.parquet       one row per pinhole view (one part per commit)
+    panoramas/part-NNNNN.parquet   one row per panorama (same commit as the views part)
+    blobs/shard-NNNNN.bin          encoded images and depth maps, appended back to back
+    .writer.lock                   advisory lock held by the one writer
+
+``manifest.json`` is the commit point: it is replaced atomically (temp file, fsync, ``os.replace``)
+and lists every committed part and the committed byte size of every shard. Readers see nothing
+else: part files it does not list and shard bytes past the committed size are ignored by readers
+and removed (or overwritten) by the next writer.
+
+This module holds the schemas, manifest (de)serialisation, path checks and the image/depth codecs;
+it does no buffering and holds no state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from cityenv.errors import (
+    CityDBFormatError,
+    CorruptImageError,
+    InvalidDepthError,
+    ManifestNotFoundError,
+    ShapeMismatchError,
+    UnsafePathError,
+)
+from cityenv.geometry.camera import PinholeCamera
+from cityenv.geometry.geodesy import LocalFrame
+
+__all__ = [
+    "DEFAULT_DEPTH_SCALE_M",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "PANORAMA_SCHEMA",
+    "VIEW_SCHEMA",
+    "Manifest",
+    "PartInfo",
+    "ShardInfo",
+    "decode_depth",
+    "decode_image",
+    "encode_depth",
+    "encode_image",
+    "read_manifest",
+    "resolve_inside",
+    "write_manifest",
+]
+
+FORMAT_NAME = "cityenv-citydb"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+VIEWS_DIR = "views"
+PANORAMAS_DIR = "panoramas"
+BLOBS_DIR = "blobs"
+LOCK_NAME = ".writer.lock"
+# 1 cm steps in a uint16 reach 655.35 m; 0 stays "no depth".
+DEFAULT_DEPTH_SCALE_M = 0.01
+DEPTH_MAX_CODE = 65535
+IMAGE_FORMATS = ("png", "jpeg")
+
+_TIME = pa.timestamp("us", tz="UTC")
+
+VIEW_SCHEMA = pa.schema(
+    [
+        pa.field("view_id", pa.int64(), nullable=False),
+        pa.field("panorama_index", pa.int32(), nullable=False),
+        pa.field("view_index", pa.int16(), nullable=False),
+        pa.field("panorama_id", pa.string(), nullable=False),
+        pa.field("traversal_id", pa.string(), nullable=False),
+        pa.field("capture_time", _TIME, nullable=False),
+        pa.field("lat", pa.float64(), nullable=False),
+        pa.field("lon", pa.float64(), nullable=False),
+        pa.field("height", pa.float64(), nullable=False),
+        pa.field("x", pa.float64(), nullable=False),
+        pa.field("y", pa.float64(), nullable=False),
+        pa.field("z", pa.float64(), nullable=False),
+        pa.field("qw", pa.float64(), nullable=False),
+        pa.field("qx", pa.float64(), nullable=False),
+        pa.field("qy", pa.float64(), nullable=False),
+        pa.field("qz", pa.float64(), nullable=False),
+        pa.field("camera_index", pa.int32(), nullable=False),
+        pa.field("image_width", pa.int32(), nullable=False),
+        pa.field("image_height", pa.int32(), nullable=False),
+        pa.field("fx", pa.float64(), nullable=False),
+        pa.field("fy", pa.float64(), nullable=False),
+        pa.field("cx", pa.float64(), nullable=False),
+        pa.field("cy", pa.float64(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("image_shard", pa.int32(), nullable=False),
+        pa.field("image_offset", pa.int64(), nullable=False),
+        pa.field("image_length", pa.int64(), nullable=False),
+        pa.field("depth_shard", pa.int32(), nullable=False),
+        pa.field("depth_offset", pa.int64(), nullable=False),
+        pa.field("depth_length", pa.int64(), nullable=False),
+    ]
+)
+"""One row per pinhole view. ``*_length == 0`` means "not stored" (index-only rows)."""
+
+PANORAMA_SCHEMA = pa.schema(
+    [
+        pa.field("panorama_index", pa.int32(), nullable=False),
+        pa.field("panorama_id", pa.string(), nullable=False),
+        pa.field("traversal_id", pa.string(), nullable=False),
+        pa.field("capture_time", _TIME, nullable=False),
+        pa.field("lat", pa.float64(), nullable=False),
+        pa.field("lon", pa.float64(), nullable=False),
+        pa.field("height", pa.float64(), nullable=False),
+        pa.field("x", pa.float64(), nullable=False),
+        pa.field("y", pa.float64(), nullable=False),
+        pa.field("z", pa.float64(), nullable=False),
+    ]
+)
+"""One row per panorama; its position and time are those of its first view."""
+
+# Columns CityDB.open reads eagerly; everything else is read on demand.
+VIEW_INDEX_COLUMNS = ("panorama_index", "qw", "qx", "qy", "qz", "camera_index")
+VIEW_POSITION_COLUMNS = ("x", "y", "z")  # read at open only for parts without views_at_panorama
+PANORAMA_INDEX_COLUMNS = ("x", "y", "z", "capture_time", "traversal_id")
+STRING_COLUMNS = ("panorama_id", "traversal_id", "source")
+BLOB_COLUMNS = (
+    "image_shard",
+    "image_offset",
+    "image_length",
+    "depth_shard",
+    "depth_offset",
+    "depth_length",
+)
+ROW_GROUP_SIZE = 65536
+
+
+def parquet_write_options(schema: pa.Schema) -> dict[str, Any]:
+    """Keyword arguments for ``pyarrow.parquet.write_table`` for a CityDB table.
+
+    Numeric columns are written PLAIN and uncompressed so ``CityDB.open`` decodes them at memory
+    speed (random floats do not compress anyway); string columns are dictionary-encoded and
+    zstd-compressed (they repeat a lot and are read lazily).
+    """
+    strings = [f.name for f in schema if pa.types.is_string(f.type)]
+    return {
+        "compression": {f.name: ("zstd" if f.name in strings else "none") for f in schema},
+        "use_dictionary": strings,
+        "row_group_size": ROW_GROUP_SIZE,
+        "write_statistics": ["view_id", "panorama_index"],
+    }
+
+
+# --- manifest -----------------------------------------------------------------------------------
+@dataclass
+class PartInfo:
+    """One committed part: a views file and a panoramas file written in the same commit.
+
+    Attributes:
+        views: Path of the views Parquet file, relative to the database folder.
+        panoramas: Path of the panoramas Parquet file, relative to the database folder.
+        first_view_id: View id of the part's first row; its rows hold ids
+            ``first_view_id .. first_view_id + num_views - 1`` in order.
+        num_views: Number of rows in the views file.
+        first_panorama_index: Panorama index of the part's first panorama row.
+        num_panoramas: Number of rows in the panoramas file.
+        views_at_panorama: True when every view of the part sits exactly at its panorama's
+            position (the usual case); readers then skip the views' ``x, y, z`` at open.
+    """
+
+    views: str
+    panoramas: str
+    first_view_id: int
+    num_views: int
+    first_panorama_index: int
+    num_panoramas: int
+    views_at_panorama: bool = False
+
+
+@dataclass
+class ShardInfo:
+    """One blob shard and its committed size in bytes (bytes past it are uncommitted)."""
+
+    path: str
+    size: int
+
+
+@dataclass
+class Manifest:
+    """The content of ``manifest.json``.
+
+    Attributes:
+        city: Name of the city.
+        anchor: The ENU frame's anchor (lat, lon, height on WGS84).
+        depth_scale_m: Metres per unit of the stored uint16 depth (0 = no depth).
+        image_format: Default codec for new images, ``"png"`` (lossless) or ``"jpeg"``.
+        cameras: Distinct intrinsics ``[W, H, fx, fy, cx, cy]``; ``camera_index`` points here.
+        parts: Committed parts in view-id order.
+        shards: Blob shards; ``shard`` numbers in the view table index this list.
+        created: UTC creation time (ISO 8601).
+        updated: UTC time of the last commit (ISO 8601).
+        format_version: Version of this format.
+    """
+
+    city: str
+    anchor: LocalFrame
+    depth_scale_m: float = DEFAULT_DEPTH_SCALE_M
+    image_format: str = "png"
+    cameras: list[list[float]] = field(default_factory=list)
+    parts: list[PartInfo] = field(default_factory=list)
+    shards: list[ShardInfo] = field(default_factory=list)
+    created: str = ""
+    updated: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_views(self) -> int:
+        """Number of committed views."""
+        return self.parts[-1].first_view_id + self.parts[-1].num_views if self.parts else 0
+
+    @property
+    def num_panoramas(self) -> int:
+        """Number of committed panoramas."""
+        last = self.parts[-1] if self.parts else None
+        return last.first_panorama_index + last.num_panoramas if last else 0
+
+    def camera(self, index: int) -> PinholeCamera:
+        """The intrinsics with ``camera_index == index``."""
+        w, h, fx, fy, cx, cy = self.cameras[index]
+        return PinholeCamera(int(w), int(h), fx, fy, cx, cy)
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as a JSON-ready dict."""
+        return {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "city": self.city,
+            "anchor": {
+                "lat": self.anchor.lat,
+                "lon": self.anchor.lon,
+                "height": self.anchor.height,
+            },
+            "depth_scale_m": self.depth_scale_m,
+            "image_format": self.image_format,
+            "num_views": self.num_views,
+            "num_panoramas": self.num_panoramas,
+            "cameras": self.cameras,
+            "parts": [vars(p) for p in self.parts],
+            "shards": [vars(s) for s in self.shards],
+            "created": self.created,
+            "updated": self.updated,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Manifest:
+        """Parse a manifest dict, raising :class:`CityDBFormatError` naming ``where``."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+            raise CityDBFormatError(
+                f"{where} must be a JSON object with format={FORMAT_NAME!r}, got "
+                f"{type(data).__name__} with format={_get(data, 'format')!r}; this is not a "
+                "CityDB manifest."
+            )
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CityDBFormatError(
+                f"{where} has format_version {version!r}, this cityenv reads version "
+                f"{FORMAT_VERSION}; upgrade cityenv or rebuild the database."
+            )
+        try:
+            anchor = data["anchor"]
+            manifest = cls(
+                city=str(data["city"]),
+                anchor=LocalFrame(anchor["lat"], anchor["lon"], anchor["height"]),
+                depth_scale_m=float(data["depth_scale_m"]),
+                image_format=str(data["image_format"]),
+                cameras=[[float(v) for v in c] for c in data["cameras"]],
+                parts=[PartInfo(**p) for p in data["parts"]],
+                shards=[ShardInfo(**s) for s in data["shards"]],
+                created=str(data.get("created", "")),
+                updated=str(data.get("updated", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CityDBFormatError(
+                f"{where} is missing or has a malformed field ({type(exc).__name__}: {exc}); "
+                "expected the keys city, anchor{lat,lon,height}, depth_scale_m, image_format, "
+                "cameras, parts, shards. Restore the manifest or rebuild the database."
+            ) from exc
+        manifest.check_consistency(where)
+        return manifest
+
+    def check_consistency(self, where: str) -> None:
+        """Raise :class:`CityDBFormatError` unless parts are contiguous and sizes non-negative."""
+        view_id, pano = 0, 0
+        for i, part in enumerate(self.parts):
+            if (part.first_view_id, part.first_panorama_index) != (view_id, pano) or min(
+                part.num_views, part.num_panoramas
+            ) < 0:
+                raise CityDBFormatError(
+                    f"{where}: part {i} must start at view id {view_id} and panorama "
+                    f"{pano} with non-negative counts, got first_view_id={part.first_view_id}, "
+                    f"first_panorama_index={part.first_panorama_index}, num_views="
+                    f"{part.num_views}, num_panoramas={part.num_panoramas}; the manifest was "
+                    "edited or damaged, restore it or rebuild the database."
+                )
+            view_id += part.num_views
+            pano += part.num_panoramas
+        if not (self.depth_scale_m > 0 and math.isfinite(self.depth_scale_m)):
+            raise CityDBFormatError(
+                f"{where}: depth_scale_m must be a positive number of metres, got "
+                f"{self.depth_scale_m}; restore the manifest."
+            )
+        if any(s.size < 0 for s in self.shards):
+            raise CityDBFormatError(f"{where}: shard sizes must be >= 0; restore the manifest.")
+
+
+def _get(data: Any, key: str) -> Any:
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def utc_now_iso() -> str:
+    """The current UTC time as ISO 8601 with a ``Z`` suffix."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def read_manifest(root: Path) -> Manifest:
+    """Read and validate ``root/manifest.json``.
+
+    Raises:
+        ManifestNotFoundError: If the folder has no manifest.
+        CityDBFormatError: If the manifest is not valid JSON or not a CityDB manifest.
+        UnsafePathError: If a part or shard path leaves the database folder.
+    """
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestNotFoundError(
+            f"expected a CityDB folder with {MANIFEST_NAME} at {root}, got "
+            f"{'no such folder' if not root.exists() else 'no manifest'}; build one with "
+            "`python -m cityenv.citydb ingest PANORAMAS.csv DB --city NAME` or "
+            "cityenv.citydb.CityDBWriter."
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CityDBFormatError(
+            f"{path} must be a JSON manifest, got unparseable content ({exc}); restore it from a "
+            "backup or rebuild the database."
+        ) from exc
+    manifest = Manifest.from_json(data, str(path))
+    for part in manifest.parts:
+        resolve_inside(root, part.views, "manifest part")
+        resolve_inside(root, part.panoramas, "manifest part")
+    for shard in manifest.shards:
+        resolve_inside(root, shard.path, "manifest shard")
+    return manifest
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    """Atomically replace ``root/manifest.json`` (temp file, fsync, ``os.replace``, dir fsync)."""
+    tmp = root / (MANIFEST_NAME + ".tmp")
+    payload = json.dumps(manifest.to_json(), indent=1).encode("utf-8")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / MANIFEST_NAME)
+    fsync_dir(root)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry to disk (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def resolve_inside(root: Path, relative: str, what: str) -> Path:
+    """Resolve ``relative`` against ``root``, refusing anything that lands outside it.
+
+    Symlinks are followed, so a link inside the folder pointing elsewhere is refused too.
+
+    Args:
+        root: The database folder.
+        relative: A path from the manifest (POSIX separators, relative to ``root``).
+        what: What names the path, for the error message.
+
+    Returns:
+        The resolved absolute path.
+
+    Raises:
+        UnsafePathError: If the path is absolute or resolves outside ``root``.
+    """
+    base = root.resolve()
+    target = (base / relative).resolve()
+    if os.path.isabs(relative) or not target.is_relative_to(base):
+        raise UnsafePathError(
+            f"{what} path must stay inside the database folder {base}, got {relative!r} "
+            f"(resolves to {target}); the manifest was tampered with or copied without its files. "
+            "Restore the manifest or rebuild the database."
+        )
+    return target
+
+
+# --- codecs -------------------------------------------------------------------------------------
+def encode_image(image: np.ndarray, image_format: str, jpeg_quality: int = 95) -> bytes:
+    """Encode an RGB image.
+
+    Args:
+        image: RGB image, shape ``(H, W, 3)`` uint8.
+        image_format: ``"png"`` (lossless) or ``"jpeg"``.
+        jpeg_quality: JPEG quality 1-100 (ignored for PNG).
+
+    Returns:
+        The encoded bytes.
+
+    Raises:
+        ShapeMismatchError: If the image is not ``(H, W, 3)`` uint8.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ShapeMismatchError(
+            f"image must be an RGB array of shape (H, W, 3) and dtype uint8, got shape "
+            f"{image.shape} dtype {image.dtype}; convert with np.asarray(img, np.uint8)."
+        )
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV codecs expect BGR channel order
+    if image_format == "png":
+        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    else:
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+    if not ok:  # pragma: no cover - OpenCV only fails on unsupported input, checked above
+        raise ShapeMismatchError(f"OpenCV could not encode an image of shape {image.shape}.")
+    return buf.tobytes()
+
+
+def check_depth(depth: np.ndarray) -> None:
+    """Raise :class:`InvalidDepthError` unless ``depth`` is finite and ``>= 0``.
+
+    Args:
+        depth: Metric z-depth, shape ``(H, W)``.
+    """
+    finite = np.isfinite(depth)
+    if not finite.all():
+        raise InvalidDepthError(
+            f"depth must be finite metric z-depth (0 = none), got {int((~finite).sum())} "
+            "NaN/inf pixels; replace missing or infinite depth (sky) with 0."
+        )
+    if depth.size and depth.min() < 0:
+        raise InvalidDepthError(
+            f"depth must be >= 0 metres (0 = none), got a minimum of {float(depth.min())}; "
+            "replace invalid depth with 0 or check the sign convention of the depth source."
+        )
+
+
+def encode_depth(depth: np.ndarray, scale_m: float) -> bytes:
+    """Encode a metric z-depth map as a 16-bit PNG of ``round(depth / scale_m)``.
+
+    Depth 0 stays 0 ("none"); positive depth below half a step becomes 1 (not "none"); depth past
+    ``65535 * scale_m`` is stored as 0 because a clipped value would put the surface at a wrong
+    distance.
+
+    Args:
+        depth: Metric z-depth, shape ``(H, W)`` float, finite, ``>= 0``.
+        scale_m: Metres per stored unit.
+
+    Returns:
+        The PNG bytes.
+
+    Raises:
+        InvalidDepthError: If the depth is negative or not finite.
+    """
+    depth = np.asarray(depth, dtype=np.float64)
+    check_depth(depth)
+    code = np.rint(depth / scale_m)
+    code[(code < 1) & (depth > 0)] = 1
+    code[code > DEPTH_MAX_CODE] = 0
+    ok, buf = cv2.imencode(".png", code.astype(np.uint16), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:  # pragma: no cover
+        raise InvalidDepthError(f"OpenCV could not encode a depth map of shape {depth.shape}.")
+    return buf.tobytes()
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """Decode an encoded RGB image to ``(H, W, 3)`` uint8.
+
+    Raises:
+        CorruptImageError: If the bytes do not decode to a 3-channel 8-bit image.
+    """
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.ndim != 3 or bgr.dtype != np.uint8:
+        raise CorruptImageError(
+            f"{where}: expected an encoded PNG/JPEG RGB image, got {len(data)} bytes that do not "
+            "decode; the shard is damaged, restore it or re-ingest the panorama."
+        )
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_depth(data: bytes, scale_m: float, where: str) -> np.ndarray:
+    """Decode a 16-bit depth PNG to metric z-depth ``(H, W)`` float32.
+
+    Raises:
+        CorruptImageError: If the bytes do not decode to a single-channel 16-bit image.
+    """
+    code = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if code is None or code.ndim != 2 or code.dtype != np.uint16:
+        raise CorruptImageError(
+            f"{where}: expected a 16-bit single-channel depth PNG, got {len(data)} bytes that do "
+            "not decode to one; the shard is damaged, restore it or re-ingest the panorama."
+        )
+    return code.astype(np.float32) * np.float32(scale_m)

@@ -1,0 +1,355 @@
+"""Ingest equirectangular street-view panoramas listed in a CSV into a CityDB.
+
+CSV columns (header row required; extra columns are ignored):
+
+* ``image``: path of the equirectangular RGB panorama (relative paths are relative to the CSV's
+  folder). Its centre column looks along ``heading``; azimuth grows to the right.
+* ``lat``, ``lon``: WGS84 degrees of the camera; ``height``: WGS84 ellipsoidal height, metres.
+* ``heading``: compass heading of the panorama's centre column, degrees clockwise from north.
+* ``capture_time``: ISO 8601 (``2023-05-01T10:00:00Z``; no offset = UTC) or Unix seconds.
+* ``traversal``: id of the capture pass (one drive).
+* ``depth`` (optional): path of the equirectangular metric *range* map; when the column is absent
+  or empty the depth is looked up beside the image as ``<stem>_depth.png`` (16-bit, millimetres,
+  0 = none) or ``<stem>_depth.npy`` (float32 metres, 0 = none). ``.png`` and ``.npy`` are read the
+  same way when named in the column.
+* ``panorama_id`` (optional): a unique id; defaults to the ``image`` value as written.
+
+Each panorama becomes ``num_views`` pinhole views (with metric z-depth) through
+:func:`cityenv.geometry.panorama.equirect_to_pinholes`; view ``k`` gets the world pose
+``Pose.from_heading(enu, heading) @ Pose(0, view.rotation)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from cityenv.citydb import format as fmt
+from cityenv.citydb.writer import CityDBWriter
+from cityenv.errors import CityEnvError, IngestError
+from cityenv.geometry.geodesy import LocalFrame
+from cityenv.geometry.panorama import equirect_to_pinholes
+from cityenv.geometry.pose import Pose
+
+__all__ = ["IngestStats", "PanoramaRow", "ingest_panoramas", "read_panorama_csv"]
+
+REQUIRED_COLUMNS = ("image", "lat", "lon", "height", "heading", "capture_time", "traversal")
+
+
+@dataclass(frozen=True)
+class PanoramaRow:
+    """One validated CSV row.
+
+    Attributes:
+        row: 1-based data row number (the header is row 0).
+        image: Resolved path of the panorama image.
+        depth: Resolved depth path from the ``depth`` column, or ``None`` (look beside the image).
+        panorama_id: Unique id of the panorama.
+        lat: Latitude, degrees.
+        lon: Longitude, degrees.
+        height: Ellipsoidal height, metres.
+        heading: Compass heading of the centre column, degrees.
+        capture_time: Capture time, UTC.
+        traversal: Traversal id.
+    """
+
+    row: int
+    image: Path
+    depth: Path | None
+    panorama_id: str
+    lat: float
+    lon: float
+    height: float
+    heading: float
+    capture_time: datetime
+    traversal: str
+
+
+@dataclass(frozen=True)
+class IngestStats:
+    """What :func:`ingest_panoramas` did.
+
+    Attributes:
+        rows: Data rows in the CSV.
+        added: Panoramas written.
+        skipped: Panoramas already in the database (a resumed run).
+        views: Views written.
+        seconds: Wall-clock time.
+    """
+
+    rows: int
+    added: int
+    skipped: int
+    views: int
+    seconds: float
+
+
+def _bad(row: int, column: str, expected: str, got: object, fix: str) -> IngestError:
+    return IngestError(
+        f"CSV row {row}, column {column!r}: expected {expected}, got {got!r}; {fix}."
+    )
+
+
+def _number(values: dict[str, str], row: int, column: str, low: float, high: float) -> float:
+    text = (values.get(column) or "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and low <= value <= high):
+        raise _bad(row, column, f"a number in [{low}, {high}]", text, "fix the row")
+    return value
+
+
+def _time(values: dict[str, str], row: int) -> datetime:
+    text = (values.get("capture_time") or "").strip()
+    try:
+        try:
+            stamp = datetime.fromtimestamp(float(text), tz=timezone.utc)
+        except ValueError:
+            stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError) as exc:
+        raise _bad(
+            row, "capture_time", "an ISO 8601 time or Unix seconds", text, "fix the row"
+        ) from exc
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.astimezone(timezone.utc)
+
+
+def _parse_row(values: dict[str, str], row: int, base: Path) -> PanoramaRow:
+    image = (values.get("image") or "").strip()
+    if not image:
+        raise _bad(row, "image", "a panorama image path", image, "fill in the path")
+    traversal = (values.get("traversal") or "").strip()
+    if not traversal:
+        raise _bad(row, "traversal", "a non-empty traversal id", traversal, "fill in the id")
+    depth = (values.get("depth") or "").strip()
+    return PanoramaRow(
+        row=row,
+        image=base / image,
+        depth=base / depth if depth else None,
+        panorama_id=(values.get("panorama_id") or "").strip() or image,
+        lat=_number(values, row, "lat", -90.0, 90.0),
+        lon=_number(values, row, "lon", -180.0, 360.0),
+        height=_number(values, row, "height", -1e4, 1e5),
+        heading=_number(values, row, "heading", -360.0, 720.0),
+        capture_time=_time(values, row),
+        traversal=traversal,
+    )
+
+
+def read_panorama_csv(csv_path: str | os.PathLike[str]) -> list[PanoramaRow]:
+    """Read and validate a panorama CSV (files are not opened yet).
+
+    Args:
+        csv_path: The CSV file.
+
+    Returns:
+        One :class:`PanoramaRow` per data row, in file order.
+
+    Raises:
+        IngestError: If the file is missing, a required column is absent, a value is malformed or
+            a ``panorama_id`` repeats; the message names the row and column.
+    """
+    path = Path(csv_path)
+    if not path.is_file():
+        raise IngestError(f"expected a panorama CSV at {path}, got no such file; check the path.")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in reader.fieldnames or []]
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise IngestError(
+                f"CSV {path} header: expected the columns {list(REQUIRED_COLUMNS)} (+ optional "
+                f"depth, panorama_id), got {header}, missing {missing}; add them."
+            )
+        reader.fieldnames = header
+        rows = [_parse_row(values, i, path.parent) for i, values in enumerate(reader, start=1)]
+    seen: dict[str, int] = {}
+    for r in rows:
+        if r.panorama_id in seen:
+            raise _bad(
+                r.row,
+                "panorama_id",
+                f"an id not used before (row {seen[r.panorama_id]})",
+                r.panorama_id,
+                "make panorama ids unique",
+            )
+        seen[r.panorama_id] = r.row
+    return rows
+
+
+def _load_image(row: PanoramaRow) -> np.ndarray:
+    bgr = cv2.imread(str(row.image), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise _bad(
+            row.row,
+            "image",
+            "a readable PNG/JPEG panorama",
+            str(row.image),
+            "check that the file exists and is an image",
+        )
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV reads BGR
+
+
+def _depth_path(row: PanoramaRow) -> Path:
+    if row.depth is not None:
+        return row.depth
+    for suffix in ("_depth.png", "_depth.npy"):
+        candidate = row.image.with_name(row.image.stem + suffix)
+        if candidate.exists():
+            return candidate
+    raise _bad(
+        row.row,
+        "depth",
+        f"a depth column or {row.image.stem}_depth.png/.npy beside the image",
+        "nothing",
+        "add the depth map (16-bit PNG in mm or float32 .npy in metres)",
+    )
+
+
+def _load_depth(row: PanoramaRow) -> np.ndarray:
+    """The row's equirectangular range map in metres, ``(H', W')`` float32."""
+    path = _depth_path(row)
+    if path.suffix == ".npy":
+        try:
+            depth = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise _bad(
+                row.row,
+                "depth",
+                "a float .npy range map in metres",
+                str(path),
+                f"the file does not load ({exc})",
+            ) from exc
+        if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
+            raise _bad(
+                row.row,
+                "depth",
+                "a 2-D float array in metres",
+                f"{depth.dtype} array of shape {depth.shape}",
+                "rewrite the .npy",
+            )
+        depth = depth.astype(np.float32)
+    else:
+        code = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if code is None or code.ndim != 2 or code.dtype != np.uint16:
+            got = "an unreadable file" if code is None else f"{code.dtype} image {code.shape}"
+            raise _bad(
+                row.row,
+                "depth",
+                "a 16-bit single-channel PNG in millimetres",
+                got,
+                f"convert {path.name} to uint16 millimetres",
+            )
+        depth = code.astype(np.float32) / 1000.0
+    if not np.all(np.isfinite(depth) & (depth >= 0)):
+        raise _bad(
+            row.row,
+            "depth",
+            "finite range >= 0 (0 = none)",
+            f"{path.name} with negative or NaN values",
+            "replace invalid depth with 0",
+        )
+    return depth
+
+
+def _views(
+    row: PanoramaRow, frame: LocalFrame, num_views: int, size: tuple[int, int], fov_deg: float
+) -> tuple[list, list[Pose]]:
+    """The row's pinhole views and their world poses."""
+    try:
+        views = equirect_to_pinholes(
+            _load_image(row), _load_depth(row), num_views=num_views, fov_deg=fov_deg, size=size
+        )
+        enu = frame.geodetic_to_enu(row.lat, row.lon, row.height)
+    except IngestError:
+        raise
+    except CityEnvError as exc:
+        raise _bad(
+            row.row, "image", "a valid panorama and depth", str(row.image), str(exc)
+        ) from exc
+    base = Pose.from_heading(enu, row.heading)
+    return views, [base @ Pose(np.zeros(3), v.rotation) for v in views]
+
+
+def ingest_panoramas(
+    csv_path: str | os.PathLike[str],
+    db_path: str | os.PathLike[str],
+    *,
+    city: str | None = None,
+    frame: LocalFrame | None = None,
+    num_views: int = 8,
+    size: tuple[int, int] = (512, 512),
+    fov_deg: float = 90.0,
+    image_format: str | None = None,
+    commit_every: int = 100,
+    source: str = "streetview",
+    progress: bool = True,
+    compact: bool = True,
+) -> IngestStats:
+    """Cut every panorama of a CSV into pinhole views with depth and append them to a CityDB.
+
+    Rerunning after an interruption resumes: panoramas already committed are skipped.
+
+    Args:
+        csv_path: The panorama CSV (see the module docstring for its columns).
+        db_path: The database folder (created if needed).
+        city: City name; required for a new database.
+        frame: ENU anchor; defaults to the first panorama's (lat, lon, height) for a new database
+            and to the stored one for an existing database.
+        num_views: Pinhole views per panorama.
+        size: ``(w, h)`` of each view in pixels.
+        fov_deg: Horizontal field of view of each view, degrees.
+        image_format: ``"png"`` (lossless) or ``"jpeg"``; ``None`` = the database default.
+        commit_every: Commit after this many panoramas.
+        source: Provenance recorded with every view.
+        progress: Show a tqdm progress bar.
+        compact: Merge the per-commit table parts at the end (see
+            :meth:`~cityenv.citydb.writer.CityDBWriter.compact`) so opening stays fast.
+
+    Returns:
+        Counts of rows, added and skipped panoramas, views written and the elapsed time.
+
+    Raises:
+        IngestError: For a malformed CSV, image or depth map (naming row and column).
+        CityDBError: If the database cannot be written (e.g. a new one without ``city``).
+    """
+    start = time.perf_counter()
+    rows = read_panorama_csv(csv_path)
+    if frame is None and not (Path(db_path) / fmt.MANIFEST_NAME).exists() and rows:
+        frame = LocalFrame(rows[0].lat, rows[0].lon, rows[0].height)
+    added = skipped = views_written = 0
+    with CityDBWriter(
+        db_path, city=city, frame=frame, image_format=image_format, commit_every=commit_every
+    ) as writer:
+        for row in tqdm(rows, desc="ingest", unit="pano", disable=not progress):
+            if writer.has_panorama(row.panorama_id):
+                skipped += 1
+                continue
+            views, poses = _views(row, writer.frame, num_views, size, fov_deg)
+            ids = writer.add_panorama(
+                panorama_id=row.panorama_id,
+                images=[v.image for v in views],
+                depths=[v.depth for v in views],
+                cameras=[v.camera for v in views],
+                poses=poses,
+                traversal_id=row.traversal,
+                capture_time=row.capture_time,
+                source=source,
+            )
+            added += 1
+            views_written += len(ids)
+        if compact:
+            writer.compact()
+    return IngestStats(len(rows), added, skipped, views_written, time.perf_counter() - start)

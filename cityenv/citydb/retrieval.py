@@ -1,0 +1,568 @@
+"""Two-stage retrieval of street-view references for a trajectory chunk.
+
+Stage 1 (geometry only, microseconds): panoramas within ``radius`` of any frame of the chunk
+(one KD-tree ball query around the chunk's bounding sphere, then an exact distance check), minus
+the excluded traversals / capture times; their views that look toward what the target sees (the
+angle pre-filter); capped at the ``max_candidates`` nearest.
+
+Stage 2 (depth reprojection, milliseconds): each candidate's depth, at low resolution and cached,
+is projected into the target frame nearest to it; candidates covering at least
+``coverage_threshold`` of that frame are kept and ranked by coverage, then distance.
+
+The result holds up to ``k`` references, the nearest reference of each target frame (for
+geometric referencing: forward splatting) and a lookahead-sink reference near the chunk's end.
+Frames: ENU world (metres), OpenCV cameras, camera-to-world poses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from cityenv.citydb.reader import CityDB
+from cityenv.citydb.writer import to_utc_micros
+from cityenv.errors import InvalidPoseError, ShapeMismatchError
+from cityenv.geometry.camera import PinholeCamera
+from cityenv.geometry.pose import Pose, Trajectory
+from cityenv.geometry.splat import coverage
+
+__all__ = [
+    "Candidates",
+    "ChunkQuery",
+    "DepthCache",
+    "DepthProvider",
+    "Reference",
+    "RetrievalResult",
+    "Retriever",
+]
+
+DepthProvider = Callable[[int, tuple[int, int]], np.ndarray]
+"""``(view_id, (w, h)) -> depth (h, w) float32``: a view's metric z-depth at a given size."""
+
+
+class DepthCache:
+    """A least-recently-used cache of low-resolution depth maps, keyed by ``(view_id, w, h)``.
+
+    Args:
+        capacity: Maximum number of depth maps kept (a 64x64 map is 16 KiB).
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = int(capacity)
+        self._items: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+
+    def get(self, key: tuple[int, int, int]) -> np.ndarray | None:
+        """The cached map for ``key`` (marking it recently used), or ``None``."""
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: tuple[int, int, int], depth: np.ndarray) -> None:
+        """Store a map, evicting the least recently used beyond ``capacity``."""
+        self._items[key] = depth
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        """Drop every cached map."""
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A retrieved street-view view.
+
+    Attributes:
+        view_id: Id of the view in the database (load it with ``db.load_view``).
+        panorama_index: Index of its panorama.
+        pose: Camera-to-world pose (ENU).
+        camera: Full-resolution intrinsics of the stored view.
+        coverage: Fraction of the nearest target frame its depth reprojects onto, ``[0, 1]``.
+        distance: Distance in metres from its panorama to the nearest target frame.
+        frame_index: Index of that nearest target frame in the chunk.
+    """
+
+    view_id: int
+    panorama_index: int
+    pose: Pose
+    camera: PinholeCamera
+    coverage: float
+    distance: float
+    frame_index: int
+
+
+@dataclass
+class RetrievalResult:
+    """What :meth:`Retriever.retrieve` found for a chunk of ``L`` frames.
+
+    Attributes:
+        references: Up to ``k`` references, best first (coverage, then distance).
+        per_frame: Shape ``(L,)`` int: index into ``references`` of the reference nearest to each
+            frame (the one to forward-splat), -1 when there are no references.
+        sink: The lookahead-sink reference near the chunk's last pose, or ``None``.
+        candidates_considered: Number of stage-1 candidate views scored in stage 2.
+    """
+
+    references: list[Reference]
+    per_frame: np.ndarray
+    sink: Reference | None
+    candidates_considered: int
+
+    @property
+    def empty(self) -> bool:
+        """True when no reference passed the coverage threshold."""
+        return not self.references
+
+
+@dataclass(slots=True)
+class Candidates:
+    """Stage-1 output: candidate views, nearest first.
+
+    Attributes:
+        view_ids: Shape ``(n,)`` int64.
+        panorama_index: Shape ``(n,)`` int64, the panorama of each view.
+        frame_index: Shape ``(n,)`` int64, the target frame nearest to the view's panorama.
+        distance: Shape ``(n,)`` float64 metres, panorama to that frame.
+    """
+
+    view_ids: np.ndarray
+    panorama_index: np.ndarray
+    frame_index: np.ndarray
+    distance: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.view_ids.shape[0])
+
+    def take(self, keep: np.ndarray) -> Candidates:
+        """The candidates selected by an index or mask array."""
+        return Candidates(
+            self.view_ids[keep],
+            self.panorama_index[keep],
+            self.frame_index[keep],
+            self.distance[keep],
+        )
+
+
+def _no_candidates() -> Candidates:
+    empty = np.empty(0, np.int64)
+    return Candidates(empty, empty.copy(), empty.copy(), np.empty(0, np.float64))
+
+
+@dataclass(slots=True)
+class ChunkQuery:
+    """A chunk's ``L`` target frames, laid out once for both stages (:meth:`Retriever.prepare`).
+
+    Attributes:
+        positions: Camera centres ``(L, 3)`` float64 ENU.
+        forwards: Optical axes ``(L, 3)`` unit.
+        matrices: Camera-to-world ``(L, 4, 4)`` (empty when only stage 1 runs).
+        look: Points ``look_distance`` ahead of each frame ``(L, 3)``: what the frame sees.
+        centre: Centre of the frames' bounding box, ``[x, y, z]``.
+        half_diagonal: Half the diagonal of that box, metres (every frame is this close to
+            ``centre``).
+        distance_rhs: ``(5, L)`` rows ``x, y, z, 1, |p|^2`` of the frames, so that
+            ``[-2x, -2y, -2z, |q|^2, 1] @ distance_rhs`` is ``|q - p|^2`` for a point ``q``.
+    """
+
+    positions: np.ndarray
+    forwards: np.ndarray
+    matrices: np.ndarray
+    look: np.ndarray
+    centre: list[float]
+    half_diagonal: float
+    distance_rhs: np.ndarray
+
+    @classmethod
+    def build(
+        cls, positions: np.ndarray, forwards: np.ndarray, matrices: np.ndarray, look_distance: float
+    ) -> ChunkQuery:
+        """Lay out ``L`` frames: positions ``(L, 3)``, forwards ``(L, 3)``, poses ``(L, 4, 4)``."""
+        rhs = np.empty((5, positions.shape[0]))
+        xyz = rhs[:3]  # (3, L): reductions along contiguous rows are the fast ones
+        xyz[:] = positions.T
+        rhs[3] = 1.0
+        np.sum(xyz * xyz, axis=0, out=rhs[4])
+        lo, hi = xyz.min(1).tolist(), xyz.max(1).tolist()
+        centre = [0.5 * (a + b) for a, b in zip(lo, hi, strict=True)]
+        look = positions + look_distance * forwards
+        return cls(positions, forwards, matrices, look, centre, 0.5 * math.dist(lo, hi), rhs)
+
+
+class Retriever:
+    """Two-stage street-view retrieval over a :class:`~cityenv.citydb.reader.CityDB`.
+
+    Args:
+        db: The opened database.
+        radius: Stage 1 keeps panoramas within this many metres of some frame of the chunk.
+        max_candidates: Stage 1 keeps at most this many views (nearest first).
+        max_angle_deg: Angle pre-filter: a view is a candidate when the point ``look_distance``
+            metres ahead of its nearest target frame lies within this angle of its optical axis.
+        look_distance: Metres ahead of a target frame that the angle pre-filter aims at.
+        coverage_threshold: Stage 2 keeps views whose depth covers at least this fraction of the
+            nearest target frame.
+        depth_size: ``(w, h)`` at which candidate depths are reprojected.
+        target_width: Width in pixels of the target frame in stage 2 (height keeps the aspect).
+        depth_provider: ``(view_id, (w, h)) -> (h, w)`` float32 depth; ``db.load_depth`` if
+            ``None`` (benchmarks pass in-memory depths).
+        cache: Depth cache to use (a new one of 4096 entries if ``None``).
+    """
+
+    def __init__(
+        self,
+        db: CityDB,
+        *,
+        radius: float = 40.0,
+        max_candidates: int = 16,
+        max_angle_deg: float = 60.0,
+        look_distance: float = 10.0,
+        coverage_threshold: float = 0.15,
+        depth_size: tuple[int, int] = (64, 64),
+        target_width: int = 32,
+        depth_provider: DepthProvider | None = None,
+        cache: DepthCache | None = None,
+    ) -> None:
+        self.db = db
+        self.radius = float(radius)
+        self.max_candidates = int(max_candidates)
+        self.cos_max_angle = math.cos(math.radians(max_angle_deg))
+        self.look_distance = float(look_distance)
+        self.coverage_threshold = float(coverage_threshold)
+        self.depth_size = (int(depth_size[0]), int(depth_size[1]))
+        self.target_width = int(target_width)
+        self.depth_provider = db.load_depth if depth_provider is None else depth_provider
+        self.cache = DepthCache() if cache is None else cache
+        self._kdtree = db.kdtree
+        self._block = db.views_per_panorama  # views of panorama p: block*p .. block*p + block - 1
+        self._records = _panorama_records(db.panorama_positions)
+        self._forwards = db.view_forwards
+        if self._block is not None:
+            self._forward_blocks = self._forwards.reshape(-1, self._block, 3)
+        db.panorama_views(np.empty(0, np.int64))  # build that map now, not in the first query
+
+    # --- public API -----------------------------------------------------------------------------
+    def retrieve(
+        self,
+        trajectory: Trajectory | Sequence[Pose] | ChunkQuery,
+        camera: PinholeCamera,
+        *,
+        k: int = 5,
+        exclude_traversals: Iterable[str] = (),
+        exclude_time: tuple[datetime, timedelta] | None = None,
+    ) -> RetrievalResult:
+        """Retrieve references for one trajectory chunk.
+
+        Args:
+            trajectory: The chunk's ``L >= 1`` target camera poses (camera-to-world, ENU), or a
+                chunk from :meth:`prepare`.
+            camera: Target camera intrinsics.
+            k: Maximum number of references.
+            exclude_traversals: Traversal ids whose panoramas must not be used (cross-temporal
+                pairing: the target's own capture pass).
+            exclude_time: ``(time, window)``: drop panoramas captured within ``window`` of
+                ``time`` (inclusive).
+
+        Returns:
+            The references, per-frame nearest reference, sink and candidate count; ``empty`` is
+            True when nothing in range covers the target.
+
+        Raises:
+            InvalidPoseError: If the chunk has no poses.
+        """
+        chunk = self.prepare(trajectory)
+        exclude = self._exclusions(exclude_traversals, exclude_time)
+        candidates = self._stage1(chunk, *exclude)
+        scores = self.stage2(candidates, chunk.matrices, camera)
+        kept = candidates.take(scores >= self.coverage_threshold)
+        kept_scores = scores[scores >= self.coverage_threshold]
+        order = np.lexsort((kept.view_ids, kept.distance, -kept_scores))[: max(int(k), 0)]
+        references = [self._reference(kept, kept_scores, i) for i in order]
+        sink = self._sink(chunk, camera, kept, kept_scores, exclude)
+        return RetrievalResult(
+            references=references,
+            per_frame=_nearest_reference(chunk.positions, references),
+            sink=sink,
+            candidates_considered=len(candidates),
+        )
+
+    def prepare(self, trajectory: Trajectory | Sequence[Pose] | ChunkQuery) -> ChunkQuery:
+        """Lay out a chunk's poses for both stages (done once per chunk; idempotent).
+
+        Args:
+            trajectory: The chunk's ``L >= 1`` target poses (camera-to-world, ENU).
+
+        Raises:
+            InvalidPoseError: If the chunk has no poses.
+        """
+        if isinstance(trajectory, ChunkQuery):
+            return trajectory
+        matrices = _chunk_matrices(trajectory)
+        return ChunkQuery.build(
+            matrices[:, :3, 3].copy(), matrices[:, :3, 2].copy(), matrices, self.look_distance
+        )
+
+    def stage1(
+        self,
+        trajectory: Trajectory | Sequence[Pose] | ChunkQuery,
+        *,
+        exclude_traversals: Iterable[str] = (),
+        exclude_time: tuple[datetime, timedelta] | None = None,
+    ) -> Candidates:
+        """Stage 1 alone: candidate views near the chunk that look toward what it sees.
+
+        Args:
+            trajectory: The chunk's target poses, or a chunk from :meth:`prepare`.
+            exclude_traversals: Traversal ids to exclude.
+            exclude_time: ``(time, window)`` of capture times to exclude.
+
+        Returns:
+            Up to ``max_candidates`` views, sorted by distance then view id.
+        """
+        chunk = self.prepare(trajectory)
+        if not exclude_traversals and exclude_time is None:  # the hot path: no filters to build
+            return self._stage1(chunk, None, None)
+        return self._stage1(chunk, *self._exclusions(exclude_traversals, exclude_time))
+
+    def stage2(
+        self, candidates: Candidates, target_poses: np.ndarray, camera: PinholeCamera
+    ) -> np.ndarray:
+        """Stage 2: coverage of each candidate's depth in its nearest target frame.
+
+        Args:
+            candidates: Stage-1 candidates (``frame_index`` picks the target frame).
+            target_poses: Target camera-to-world matrices, shape ``(L, 4, 4)``.
+            camera: Target intrinsics (rescaled to ``target_width`` internally).
+
+        Returns:
+            Covered fraction per candidate, shape ``(n,)`` float64.
+        """
+        n = len(candidates)
+        if n == 0:
+            return np.empty(0, np.float64)
+        w, h = self.depth_size
+        dst_camera = camera.rescaled(
+            self.target_width, max(1, round(self.target_width * camera.height / camera.width))
+        )
+        depths = np.stack([self._depth(int(v)) for v in candidates.view_ids])
+        src_poses = _pose_matrices(
+            self.db.view_positions(candidates.view_ids), self.db.rotations[candidates.view_ids]
+        )
+        dst_poses = np.asarray(target_poses)[candidates.frame_index]
+        cams = self.db.view_camera_index[candidates.view_ids]
+        scores = np.empty(n, np.float64)
+        for cam in np.unique(cams):  # one batch per distinct intrinsics (usually one)
+            sel = np.flatnonzero(cams == cam)
+            src_camera = self.db.cameras[cam].rescaled(w, h)
+            scores[sel] = coverage(
+                depths[sel], src_camera, src_poses[sel], dst_camera, dst_poses[sel]
+            )
+        return scores
+
+    # --- internals ------------------------------------------------------------------------------
+    def _exclusions(
+        self,
+        exclude_traversals: Iterable[str],
+        exclude_time: tuple[datetime, timedelta] | None,
+    ) -> tuple[np.ndarray | None, tuple[int, int] | None]:
+        """Traversal codes to drop and a ``(centre, half-width)`` time window in microseconds."""
+        if isinstance(exclude_traversals, str):
+            exclude_traversals = [exclude_traversals]
+        codes = [self.db.traversal_index(t) for t in exclude_traversals]
+        codes_arr = np.array([c for c in codes if c >= 0], dtype=np.int32)
+        window = None
+        if exclude_time is not None:
+            centre, width = exclude_time
+            window = (to_utc_micros(centre), abs(width) // timedelta(microseconds=1))
+        return (codes_arr if codes_arr.size else None), window
+
+    def _stage1(
+        self,
+        chunk: ChunkQuery,
+        exclude_codes: np.ndarray | None,
+        window: tuple[int, int] | None,
+    ) -> Candidates:
+        """Candidate views of the panoramas near ``chunk`` that face what it sees."""
+        panos, records, frame, dist2 = self._near_panoramas(chunk)
+        if exclude_codes is not None or window is not None:
+            keep = np.ones(panos.size, dtype=bool)
+            if exclude_codes is not None:
+                keep &= ~np.isin(self.db.panorama_traversal[panos], exclude_codes)
+            if window is not None:
+                keep &= np.abs(self.db.panorama_times[panos] - window[0]) > window[1]
+            panos, records, frame, dist2 = panos[keep], records[keep], frame[keep], dist2[keep]
+        if panos.size == 0:
+            return _no_candidates()
+        return self._facing_views(chunk, panos, records, frame, dist2)
+
+    def _near_panoramas(
+        self, chunk: ChunkQuery
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Panoramas within ``radius`` of some frame, nearest first.
+
+        One ball query around the frames' bounding sphere gathers a superset; an exact
+        panorama x frame distance matrix then keeps those within ``radius`` of some frame.
+
+        Returns:
+            ``(panoramas, records, frame, dist2)``: panorama indices ``(n,)`` sorted by distance,
+            their rows of the record table ``(n, K)``, the nearest frame of each ``(n,)`` and the
+            squared distance to it ``(n,)``.
+        """
+        found = self._kdtree.query_ball_point(
+            chunk.centre, self.radius + chunk.half_diagonal, return_sorted=False
+        )
+        panos = np.array(found, dtype=np.int64)
+        records = self._records[panos]  # one gather: distance row and position
+        d2 = records[:, :5] @ chunk.distance_rhs  # (n, L) squared distances
+        frame = d2.argmin(1)
+        dist2 = d2[np.arange(panos.size), frame]
+        order = np.argsort(dist2, kind="stable")
+        dist2 = dist2[order]
+        inside = order[: np.searchsorted(dist2, self.radius * self.radius, side="right")]
+        return panos[inside], records[inside], frame[inside], dist2[: inside.size]
+
+    def _facing_views(
+        self,
+        chunk: ChunkQuery,
+        panos: np.ndarray,
+        records: np.ndarray,
+        frame: np.ndarray,
+        dist2: np.ndarray,
+    ) -> Candidates:
+        """Views of ``panos`` (nearest first) whose optical axis is within ``max_angle`` of the
+        direction from their panorama to the look point of its nearest frame; the first
+        ``max_candidates`` in (distance, view id) order."""
+        to_look = chunk.look[frame] - records[:, 5:8]  # (n, 3) panorama -> look point
+        threshold = self.cos_max_angle * np.sqrt((to_look * to_look).sum(1))
+        if self._block is not None:
+            along = np.matmul(self._forward_blocks[panos], to_look[:, :, None])[:, :, 0]
+            picked = np.flatnonzero(along >= threshold[:, None])[: self.max_candidates]
+            owner, k = np.divmod(picked, self._block)
+            views = panos[owner] * self._block + k
+        else:
+            views, owner = self.db.panorama_views(panos)
+            along = np.einsum("mk,mk->m", self._forwards[views], to_look[owner])
+            picked = np.flatnonzero(along >= threshold[owner])[: self.max_candidates]
+            views, owner = views[picked], owner[picked]
+        distance = np.sqrt(np.maximum(dist2[owner], 0.0))  # the matmul can dip just below 0
+        return Candidates(views, panos[owner], frame[owner], distance)
+
+    def _depth(self, view_id: int) -> np.ndarray:
+        """Low-resolution depth of a view, through the cache."""
+        w, h = self.depth_size
+        key = (view_id, w, h)
+        depth = self.cache.get(key)
+        if depth is None:
+            depth = np.asarray(self.depth_provider(view_id, (w, h)), dtype=np.float32)
+            if depth.shape != (h, w):
+                raise ShapeMismatchError(
+                    f"depth_provider must return shape (h, w) = ({h}, {w}) for view {view_id}, "
+                    f"got {depth.shape}; resample to the requested (w, h) size."
+                )
+            self.cache.put(key, depth)
+        return depth
+
+    def _reference(self, cands: Candidates, scores: np.ndarray, i: int) -> Reference:
+        view_id = int(cands.view_ids[i])
+        return Reference(
+            view_id=view_id,
+            panorama_index=int(cands.panorama_index[i]),
+            pose=self.db.pose(view_id),
+            camera=self.db.camera(view_id),
+            coverage=float(scores[i]),
+            distance=float(cands.distance[i]),
+            frame_index=int(cands.frame_index[i]),
+        )
+
+    def _sink(
+        self,
+        chunk: ChunkQuery,
+        camera: PinholeCamera,
+        kept: Candidates,
+        kept_scores: np.ndarray,
+        exclude: tuple[np.ndarray | None, tuple[int, int] | None],
+    ) -> Reference | None:
+        """The kept view nearest to the last pose, else the stage-1 view nearest to it."""
+        if len(kept):
+            d = np.linalg.norm(self.db.view_positions(kept.view_ids) - chunk.positions[-1], axis=1)
+            best = int(np.lexsort((kept.view_ids, -kept_scores, d))[0])
+            return self._reference(kept, kept_scores, best)
+        end = ChunkQuery.build(
+            chunk.positions[-1:], chunk.forwards[-1:], chunk.matrices[-1:], self.look_distance
+        )
+        around = self._stage1(end, *exclude)
+        if not len(around):
+            return None
+        first = around.take(np.array([0]))
+        score = self.stage2(first, end.matrices, camera)
+        last = np.array([chunk.positions.shape[0] - 1])  # index in the chunk, not in `end`
+        first = Candidates(first.view_ids, first.panorama_index, last, first.distance)
+        return self._reference(first, score, 0)
+
+
+def _panorama_records(positions: np.ndarray) -> np.ndarray:
+    """Per-panorama rows for stage 1, so that one gather fetches what the distance test needs.
+
+    Args:
+        positions: Panorama positions ``(P, 3)``.
+
+    Returns:
+        ``(P, 8)`` float64: ``[-2x, -2y, -2z, |p|^2, 1]`` (``row @ [q; 1; |q|^2] = |p - q|^2``),
+        then ``x, y, z``.
+    """
+    records = np.empty((positions.shape[0], 8))
+    records[:, :3] = -2.0 * positions
+    records[:, 3] = (positions * positions).sum(1)
+    records[:, 4] = 1.0
+    records[:, 5:8] = positions
+    return records
+
+
+def _chunk_matrices(trajectory: Trajectory | Sequence[Pose]) -> np.ndarray:
+    """Camera-to-world matrices ``(L, 4, 4)`` of a chunk's poses."""
+    if isinstance(trajectory, Trajectory):
+        return trajectory.matrices
+    poses = list(trajectory)
+    if not poses:
+        raise InvalidPoseError(
+            "the trajectory chunk must hold at least one Pose, got none; pass the target "
+            "camera poses of the chunk."
+        )
+    return np.stack([p.matrix for p in poses])
+
+
+def _pose_matrices(positions: np.ndarray, wxyz: np.ndarray) -> np.ndarray:
+    """Camera-to-world matrices ``(n, 4, 4)`` from positions ``(n, 3)`` and wxyz ``(n, 4)``."""
+    q = wxyz.astype(np.float64)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    m = np.zeros((q.shape[0], 4, 4))
+    m[:, 0, 0] = 1 - 2 * (y * y + z * z)
+    m[:, 0, 1] = 2 * (x * y - w * z)
+    m[:, 0, 2] = 2 * (x * z + w * y)
+    m[:, 1, 0] = 2 * (x * y + w * z)
+    m[:, 1, 1] = 1 - 2 * (x * x + z * z)
+    m[:, 1, 2] = 2 * (y * z - w * x)
+    m[:, 2, 0] = 2 * (x * z - w * y)
+    m[:, 2, 1] = 2 * (y * z + w * x)
+    m[:, 2, 2] = 1 - 2 * (x * x + y * y)
+    m[:, :3, 3] = positions
+    m[:, 3, 3] = 1.0
+    return m
+
+
+def _nearest_reference(positions: np.ndarray, references: list[Reference]) -> np.ndarray:
+    """Index of the reference nearest to each frame ``(L,)`` int64, -1 if there is none."""
+    if not references:
+        return np.full(positions.shape[0], -1, dtype=np.int64)
+    ref_positions = np.stack([r.pose.position for r in references])
+    d2 = ((positions[:, None, :] - ref_positions[None]) ** 2).sum(-1)
+    return d2.argmin(1).astype(np.int64)

@@ -1,0 +1,357 @@
+"""A road graph over a CityDB's panoramas: where an agent can go, and how far it is to a goal.
+
+Nodes are panoramas (their camera centres, ENU metres). Edges join (1) consecutive panoramas of
+one traversal, ordered by capture time then panorama index, when they lie at most ``max_step_m``
+apart, and (2) every pair of panoramas within ``link_radius_m`` of each other (so separate
+captures of the same street, and the streets of a junction, are connected). Edge weights are
+metres. Nearest-node and distance-to-graph queries use horizontal (x, y) distances, so a camera
+at another height than the references (a pedestrian's 1.6 m against a 2.5 m capture rig) still
+snaps to the street below it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.sparse import coo_matrix, csr_matrix
+from scipy.sparse.csgraph import dijkstra
+from scipy.spatial import cKDTree
+
+from cityenv.citydb.reader import CityDB
+from cityenv.errors import ShapeMismatchError
+
+__all__ = ["RoadGraph"]
+
+_DISTANCE_CACHE = 8  # single-source distance arrays kept (one per recent goal)
+
+
+class RoadGraph:
+    """An undirected graph of panoramas with metric edge lengths.
+
+    Args:
+        positions: Node positions, shape ``(N, 3)`` float64 ENU metres.
+        edges: Node index pairs, shape ``(E, 2)`` int; duplicates and self-loops are dropped.
+
+    Attributes:
+        positions: Shape ``(N, 3)`` float64, read-only.
+        edges: Shape ``(E, 2)`` int64, each pair sorted ``(i < j)``, unique, read-only.
+        lengths: Edge lengths, shape ``(E,)`` float64 metres.
+    """
+
+    def __init__(self, positions: ArrayLike, edges: ArrayLike) -> None:
+        p = np.asarray(positions, dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != 3 or p.shape[0] == 0:
+            raise ShapeMismatchError(
+                f"positions must have shape (N, 3) with N >= 1, got {p.shape}; pass the ENU "
+                "centres of the panoramas."
+            )
+        self.positions = p.copy()
+        self.positions.flags.writeable = False
+        self.edges = _clean_edges(np.asarray(edges, dtype=np.int64).reshape(-1, 2), len(p))
+        self.edges.flags.writeable = False
+        self.lengths = np.linalg.norm(p[self.edges[:, 1]] - p[self.edges[:, 0]], axis=1)
+        self._matrix = _adjacency(self.edges, self.lengths, len(p))
+        self._kdtree = cKDTree(p[:, :2])
+        self._distances: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._components: np.ndarray | None = None
+
+    # --- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_citydb(
+        cls, db: CityDB, *, link_radius_m: float = 15.0, max_step_m: float = 20.0
+    ) -> RoadGraph:
+        """The road graph of a database's panoramas.
+
+        Args:
+            db: The opened database.
+            link_radius_m: Join every pair of panoramas at most this far apart, metres.
+            max_step_m: Join consecutive panoramas of a traversal at most this far apart, metres.
+
+        Returns:
+            The graph; node ``i`` is panorama index ``i``.
+        """
+        return cls.from_panoramas(
+            db.panorama_positions,
+            db.panorama_traversal,
+            db.panorama_times,
+            link_radius_m=link_radius_m,
+            max_step_m=max_step_m,
+        )
+
+    @classmethod
+    def from_panoramas(
+        cls,
+        positions: ArrayLike,
+        traversal: ArrayLike | None = None,
+        times: ArrayLike | None = None,
+        *,
+        link_radius_m: float = 15.0,
+        max_step_m: float = 20.0,
+    ) -> RoadGraph:
+        """The road graph of panoramas given as arrays.
+
+        Args:
+            positions: Panorama centres, shape ``(N, 3)`` ENU metres.
+            traversal: Traversal code of each panorama, shape ``(N,)`` int (None: one traversal).
+            times: Capture time of each panorama, shape ``(N,)`` (None: index order).
+            link_radius_m: Join every pair at most this far apart, metres.
+            max_step_m: Join consecutive panoramas of a traversal at most this far apart.
+        """
+        p = np.asarray(positions, dtype=np.float64)
+        n = p.shape[0] if p.ndim == 2 else 0
+        traversal = np.zeros(n, np.int64) if traversal is None else np.asarray(traversal)
+        times = np.zeros(n, np.int64) if times is None else np.asarray(times)
+        sequence = _traversal_edges(p, traversal, times, max_step_m) if n else np.empty((0, 2))
+        near = cKDTree(p).query_pairs(link_radius_m, output_type="ndarray") if n else sequence
+        return cls(p, np.concatenate([sequence, near]).astype(np.int64))
+
+    # --- sizes ----------------------------------------------------------------------------------
+    @property
+    def num_nodes(self) -> int:
+        """Number of nodes ``N``."""
+        return int(self.positions.shape[0])
+
+    @property
+    def num_edges(self) -> int:
+        """Number of undirected edges ``E``."""
+        return int(self.edges.shape[0])
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(min, max)`` corners of the nodes' bounding box, each ``(3,)`` ENU metres."""
+        return self.positions.min(0), self.positions.max(0)
+
+    def neighbors(self, node: int) -> np.ndarray:
+        """Nodes joined to ``node`` by an edge, shape ``(d,)`` int64."""
+        m = self._matrix
+        return m.indices[m.indptr[node] : m.indptr[node + 1]].astype(np.int64)
+
+    # --- nearest queries ------------------------------------------------------------------------
+    def nearest_node(self, position: ArrayLike) -> int:
+        """The node horizontally nearest to ``position`` ``(2,)`` or ``(3,)`` ENU metres."""
+        return int(self._kdtree.query(_xy(position))[1])
+
+    def nearest_nodes(self, position: ArrayLike, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nodes horizontally nearest to ``position``.
+
+        Returns:
+            ``(distances, nodes)``, each ``(min(k, N),)``, nearest first.
+        """
+        k = min(int(k), self.num_nodes)
+        d, i = self._kdtree.query(_xy(position), k=k)
+        return np.atleast_1d(d).astype(np.float64), np.atleast_1d(i).astype(np.int64)
+
+    def distance_to_graph(self, position: ArrayLike, k: int = 8) -> float:
+        """Horizontal distance from ``position`` to the nearest edge (or node), metres.
+
+        Looks at the edges of the ``k`` nearest nodes, which is exact when edges are shorter
+        than the gaps between unrelated streets.
+        """
+        xy = _xy(position)
+        d_nodes, nodes = self.nearest_nodes(xy, k)
+        best = float(d_nodes[0])
+        for a in nodes:
+            nbrs = self.neighbors(int(a))
+            if nbrs.size:
+                ends = self.positions[nbrs, :2]
+                best = min(best, float(_segment_distances(xy, self.positions[a, :2], ends).min()))
+        return best
+
+    def height_at(self, xy: ArrayLike, k: int = 3) -> np.ndarray:
+        """Node height interpolated at horizontal positions (inverse-distance weights).
+
+        Args:
+            xy: Positions, shape ``(n, 2)`` (or ``(n, 3)``; z is ignored) ENU metres.
+            k: Nodes to interpolate from.
+
+        Returns:
+            Heights ``(n,)`` float64: the z of the nodes (camera centres of the references).
+        """
+        pts = np.asarray(xy, dtype=np.float64).reshape(-1, np.shape(xy)[-1])[:, :2]
+        k = min(int(k), self.num_nodes)
+        d, i = self._kdtree.query(pts, k=k)
+        d, i = d.reshape(len(pts), k), i.reshape(len(pts), k)
+        w = 1.0 / np.maximum(d, 1e-3) ** 2
+        return (w * self.positions[i, 2]).sum(1) / w.sum(1)
+
+    # --- paths ----------------------------------------------------------------------------------
+    def distances_from(self, node: int) -> np.ndarray:
+        """Shortest-path distance from ``node`` to every node, ``(N,)`` metres (inf if cut off).
+
+        The last few results are cached (the environment asks for one goal per episode).
+        """
+        node = self._check_node(node)
+        hit = self._distances.get(node)
+        if hit is None:
+            hit = dijkstra(self._matrix, directed=False, indices=node)
+            hit.flags.writeable = False
+            self._distances[node] = hit
+            while len(self._distances) > _DISTANCE_CACHE:
+                self._distances.popitem(last=False)
+        else:
+            self._distances.move_to_end(node)
+        return hit
+
+    def shortest_path(self, a: int, b: int) -> list[int]:
+        """Nodes of a shortest path from ``a`` to ``b``, both included.
+
+        Raises:
+            ValueError: If ``b`` cannot be reached from ``a``.
+        """
+        a, b = self._check_node(a), self._check_node(b)
+        _, pred = dijkstra(self._matrix, directed=False, indices=a, return_predecessors=True)
+        if a != b and pred[b] < 0:
+            raise ValueError(
+                f"node {b} must be reachable from node {a} for a path, got disconnected parts "
+                "of the road graph; pick nodes of one component (RoadGraph.component)."
+            )
+        path = [b]
+        while path[-1] != a:
+            path.append(int(pred[path[-1]]))
+        return path[::-1]
+
+    def path_length(self, nodes: Sequence[int]) -> float:
+        """Length of a polyline through ``nodes``, metres (straight between consecutive ones)."""
+        if len(nodes) < 2:
+            return 0.0
+        p = self.positions[np.asarray(nodes, dtype=np.int64)]
+        return float(np.linalg.norm(np.diff(p, axis=0), axis=1).sum())
+
+    def distance_to_goal(self, position: ArrayLike, goal_node: int, k: int = 8) -> float:
+        """Distance from ``position`` to ``goal_node`` along the graph, metres.
+
+        The minimum over the ``k`` horizontally nearest nodes of (straight distance to the node +
+        shortest-path distance from it to the goal). Taking the minimum, rather than using the
+        single nearest node, keeps the distance continuous as the agent passes between nodes.
+
+        Returns:
+            The distance, ``inf`` if the nearby nodes cannot reach the goal.
+        """
+        along = self.distances_from(goal_node)
+        d, nodes = self.nearest_nodes(position, k)
+        return float((d + along[nodes]).min())
+
+    def component(self) -> np.ndarray:
+        """Connected-component label of each node, ``(N,)`` int."""
+        if self._components is None:
+            from scipy.sparse.csgraph import connected_components
+
+            self._components = connected_components(self._matrix, directed=False)[1]
+        return self._components
+
+    def sample_start_goal(
+        self, rng: np.random.Generator, min_dist_m: float = 50.0, max_dist_m: float = 300.0
+    ) -> tuple[int, int]:
+        """A start node and a goal node ``min_dist_m`` to ``max_dist_m`` away along the graph.
+
+        Starts are drawn from the largest connected component; see :meth:`sample_goal`.
+
+        Args:
+            rng: Source of randomness (``env.np_random``).
+            min_dist_m: Smallest shortest-path distance, metres.
+            max_dist_m: Largest shortest-path distance, metres.
+        """
+        labels = self.component()
+        main = np.flatnonzero(labels == np.bincount(labels).argmax())
+        if main.size < 2:
+            raise ValueError(
+                f"the road graph must have a component of at least 2 nodes to sample a goal, "
+                f"got {self.num_nodes} nodes and {self.num_edges} edges; use a database with "
+                "more panoramas or a larger link radius."
+            )
+        for _ in range(8):
+            start = int(rng.choice(main))
+            d = self.distances_from(start)
+            if np.any((d >= min_dist_m) & (d <= max_dist_m)):
+                break
+        return start, self.sample_goal(rng, start, min_dist_m, max_dist_m)
+
+    def sample_goal(
+        self,
+        rng: np.random.Generator,
+        start: int,
+        min_dist_m: float = 50.0,
+        max_dist_m: float = 300.0,
+    ) -> int:
+        """A node ``min_dist_m`` to ``max_dist_m`` from ``start`` along the graph.
+
+        When no node lies in the range (a tiny graph), the reachable node farthest from
+        ``start`` within ``max_dist_m`` (``start`` itself if it has no neighbour).
+        """  # fmt: skip
+        d = self.distances_from(start)
+        ok = np.flatnonzero((d >= min_dist_m) & (d <= max_dist_m))
+        if ok.size:
+            return int(rng.choice(ok))
+        return int(np.where(np.isfinite(d) & (d <= max_dist_m), d, -1.0).argmax())
+
+    def heading_deg(self, a: int, b: int) -> float:
+        """Compass heading (degrees clockwise from north) from node ``a`` to node ``b``."""
+        dx, dy = (self.positions[b, :2] - self.positions[a, :2]).tolist()
+        return math.degrees(math.atan2(dx, dy)) % 360.0
+
+    def _check_node(self, node: int) -> int:
+        i = int(node)
+        if not 0 <= i < self.num_nodes:
+            raise ValueError(
+                f"node must be in [0, {self.num_nodes}), got {node}; nodes are panorama indices."
+            )
+        return i
+
+    def __repr__(self) -> str:
+        return f"RoadGraph(nodes={self.num_nodes}, edges={self.num_edges})"
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def _xy(position: ArrayLike) -> np.ndarray:
+    p = np.asarray(position, dtype=np.float64).reshape(-1)
+    if p.shape[0] not in (2, 3) or not np.all(np.isfinite(p)):
+        raise ShapeMismatchError(
+            f"position must be finite with shape (2,) or (3,) ENU metres, got {p.tolist()}."
+        )
+    return p[:2]
+
+
+def _clean_edges(edges: np.ndarray, n: int) -> np.ndarray:
+    """Sorted unique ``(i < j)`` pairs without self-loops, ``(E, 2)`` int64."""
+    if edges.size and (edges.min() < 0 or edges.max() >= n):
+        raise ShapeMismatchError(
+            f"edges must join nodes in [0, {n}), got indices in [{edges.min()}, {edges.max()}]."
+        )
+    edges = np.sort(edges, axis=1)
+    edges = edges[edges[:, 0] != edges[:, 1]]
+    return np.unique(edges, axis=0) if edges.size else np.empty((0, 2), np.int64)
+
+
+def _adjacency(edges: np.ndarray, lengths: np.ndarray, n: int) -> csr_matrix:
+    """Symmetric sparse adjacency ``(N, N)`` with edge lengths (zero-length edges kept tiny)."""
+    w = np.maximum(lengths, 1e-6)  # a stored 0 would read as "no edge"
+    rows = np.concatenate([edges[:, 0], edges[:, 1]])
+    cols = np.concatenate([edges[:, 1], edges[:, 0]])
+    return coo_matrix((np.concatenate([w, w]), (rows, cols)), shape=(n, n)).tocsr()
+
+
+def _traversal_edges(
+    positions: np.ndarray, traversal: np.ndarray, times: np.ndarray, max_step_m: float
+) -> np.ndarray:
+    """Pairs of consecutive panoramas of each traversal (time, then index order) within
+    ``max_step_m``, ``(e, 2)`` int64."""
+    order = np.lexsort((np.arange(len(positions)), times, traversal))
+    a, b = order[:-1], order[1:]
+    same = traversal[a] == traversal[b]
+    close = np.linalg.norm(positions[b] - positions[a], axis=1) <= max_step_m
+    keep = same & close
+    return np.stack([a[keep], b[keep]], axis=1).astype(np.int64)
+
+
+def _segment_distances(xy: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distances from point ``xy`` ``(2,)`` to the segments from ``a`` ``(2,)`` to each of
+    ``b`` ``(d, 2)``, shape ``(d,)``."""
+    ab = b - a
+    denom = np.maximum((ab * ab).sum(1), 1e-12)
+    t = np.clip(((xy - a) * ab).sum(1) / denom, 0.0, 1.0)
+    closest = a + t[:, None] * ab
+    return np.linalg.norm(closest - xy, axis=1)
