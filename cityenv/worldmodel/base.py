@@ -1,0 +1,184 @@
+"""The world-model interface: a chunk of camera poses + retrieved references -> video frames.
+
+The environment turns an action into a trajectory chunk, retrieves street-view references for it
+(:class:`cityenv.citydb.Retriever`), loads them (:class:`ReferenceLoader`) and asks the world model
+for the chunk's frames. Implementations: :class:`~cityenv.worldmodel.warp.WarpWorldModel`
+(non-learned retrieval + forward splatting) and the diffusion model of SWM (a later addition), both
+behind this interface. Frames: ENU world, OpenCV cameras, camera-to-world poses, metric z-depth
+(0 = none).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cityenv.citydb.reader import CityDB
+from cityenv.citydb.retrieval import RetrievalResult
+from cityenv.geometry.camera import PinholeCamera
+from cityenv.geometry.pose import Pose, Trajectory
+
+__all__ = ["ChunkOutput", "ChunkReferences", "ReferenceLoader", "ReferenceView", "WorldModel"]
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceView:
+    """A loaded street-view reference.
+
+    Attributes:
+        view_id: Id of the view in its CityDB.
+        image: RGB, uint8 ``(h, w, 3)``.
+        depth: Metric z-depth, float32 ``(h, w)``, 0 = none.
+        camera: Intrinsics of ``image``.
+        pose: Camera-to-world pose (ENU).
+        traversal_id: Capture pass the view belongs to.
+    """
+
+    view_id: int
+    image: np.ndarray
+    depth: np.ndarray
+    camera: PinholeCamera
+    pose: Pose
+    traversal_id: str = ""
+
+
+@dataclass(eq=False)
+class ChunkReferences:
+    """The references of one chunk of ``L`` frames, loaded.
+
+    Attributes:
+        views: Up to ``K`` references, best first.
+        per_frame: int ``(L,)``: index into ``views`` of each frame's nearest reference (the one to
+            forward-splat), -1 where there is none.
+        sink: The lookahead-sink reference near the chunk's endpoint, or ``None``.
+    """
+
+    views: list[ReferenceView]
+    per_frame: np.ndarray
+    sink: ReferenceView | None = None
+
+    @classmethod
+    def none(cls, num_frames: int) -> ChunkReferences:
+        """No references for a chunk of ``num_frames`` frames."""
+        return cls([], np.full(int(num_frames), -1, np.int64), None)
+
+    @property
+    def empty(self) -> bool:
+        """True when the chunk has neither references nor a sink."""
+        return not self.views and self.sink is None
+
+
+class ReferenceLoader:
+    """Loads retrieved views from a CityDB, keeping the most recently used ones in memory.
+
+    Args:
+        db: The opened database.
+        capacity: Number of decoded views kept (a 256x256 view with depth is about 450 KiB).
+    """
+
+    def __init__(self, db: CityDB, capacity: int = 256) -> None:
+        self.db = db
+        self.capacity = int(capacity)
+        self._cache: OrderedDict[int, ReferenceView] = OrderedDict()
+
+    def view(self, view_id: int) -> ReferenceView:
+        """The decoded view ``view_id`` (from the cache when present)."""
+        view_id = int(view_id)
+        hit = self._cache.get(view_id)
+        if hit is not None:
+            self._cache.move_to_end(view_id)
+            return hit
+        loaded = self.db.load_view(view_id)
+        ref = ReferenceView(
+            view_id=view_id,
+            image=loaded.image,
+            depth=loaded.depth,
+            camera=loaded.camera,
+            pose=loaded.pose,
+            traversal_id=loaded.metadata.traversal_id,
+        )
+        self._cache[view_id] = ref
+        while len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return ref
+
+    def load(self, result: RetrievalResult) -> ChunkReferences:
+        """Load every reference and the sink of a retrieval result."""
+        views = [self.view(r.view_id) for r in result.references]
+        sink = self.view(result.sink.view_id) if result.sink is not None else None
+        return ChunkReferences(views, np.asarray(result.per_frame, np.int64).copy(), sink)
+
+
+@dataclass(eq=False)
+class ChunkOutput:
+    """What a world model generated for one chunk of ``L`` frames, and what it used.
+
+    Attributes:
+        frames: uint8 ``(L, H, W, 3)``.
+        warps: The geometric-referencing input: each frame's nearest reference forward-splatted
+            into it, uint8 ``(L, H, W, 3)``, or ``None`` if the model uses none.
+        masks: bool ``(L, H, W)``, true where ``warps`` holds a splatted pixel, or ``None``.
+        references: The references the model was given.
+        info: Model-specific figures (timings, fill fractions, ...), JSON-serialisable values.
+    """
+
+    frames: np.ndarray
+    warps: np.ndarray | None
+    masks: np.ndarray | None
+    references: ChunkReferences
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class WorldModel(ABC):
+    """Generates the video of a camera moving through a city, grounded in retrieved references.
+
+    Usage: :meth:`reset` once per episode, then :meth:`generate` once per trajectory chunk.
+    """
+
+    @abstractmethod
+    def reset(
+        self,
+        *,
+        pose: Pose,
+        camera: PinholeCamera,
+        references: ChunkReferences,
+        start_image: np.ndarray | None = None,
+        prompt: str | None = None,
+        generator: np.random.Generator | None = None,
+    ) -> np.ndarray:
+        """Start an episode at ``pose``.
+
+        Args:
+            pose: The first frame's camera-to-world pose (ENU).
+            camera: Intrinsics of the frames to generate (their size too).
+            references: References retrieved for the first frame (a chunk of one frame).
+            start_image: A start image, uint8 ``(H, W, 3)``, taken at ``pose``: its weather and
+                cars carry on. ``None`` lets the model make the first frame from the references.
+            prompt: Text that shapes the scene ("golden sunset"); models may ignore it.
+            generator: Source of randomness (``env.np_random``); deterministic models ignore it.
+
+        Returns:
+            The first frame, uint8 ``(H, W, 3)``.
+        """
+
+    @abstractmethod
+    def generate(self, trajectory: Trajectory, references: ChunkReferences) -> ChunkOutput:
+        """Generate the frames of one chunk.
+
+        Args:
+            trajectory: The chunk's ``L`` camera-to-world poses (ENU) and timestamps.
+            references: The chunk's loaded references (possibly none).
+
+        Returns:
+            The frames and what the model used.
+        """
+
+    def set_prompt(self, prompt: str | None) -> None:
+        """Change the text prompt from the next chunk on (models that ignore prompts keep it)."""
+        self.prompt = prompt
+
+    prompt: str | None = None
