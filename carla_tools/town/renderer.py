@@ -1,11 +1,20 @@
 """Headless moderngl renderer of the procedural town (EGL; Mesa llvmpipe works without a GPU).
 
-One static vertex buffer holds the whole town, sorted into tiles that are frustum-culled and drawn
-front to back; the visible actors (per-instance position, yaw, two colours, scale) are baked into
-one dynamic buffer per frame and drawn in one call. A
-frame draws the town, then the actors, then the sky as a full-screen triangle at the far plane
-where nothing else was drawn, and reads back RGBA
-(alpha = dynamic-object mask) and the depth buffer, which is linearised to metric z-depth.
+One indexed static buffer holds the whole town, sorted into square tiles that are frustum-culled
+and drawn front to back (small details are skipped in tiles where they would cover under
+:data:`DETAIL_PIXELS` pixels). Actors are drawn instanced, one call per kind, after culling their
+bounding spheres in numpy (per-instance position, yaw, two colours, scale). A frame draws the
+actors, then the town, then the sky as a full-screen triangle at the far plane where nothing else
+was drawn, and reads back RGB and a float32 attachment holding the metric z-depth (0 for sky,
+negated on actors, which gives the dynamic mask) with one read each. The projection flips y so
+that GL's rows come out in image order and nothing has to be flipped in numpy.
+
+Where the time goes (256x256 on 2 llvmpipe threads): most of it is fragment shading, then vertex
+work and triangle setup (on the calling thread), then a little Python. Hence flat varyings (only
+position and surface coordinates are interpolated), per-triangle lighting in the vertex shader,
+and front-to-back tiles with walls before the ground they hide. View-dependent shading is limited
+to glass and wet ground (sky reflection and a sun highlight), so views of the static town agree
+through forward splatting (tests/carla_tools/test_town_consistency.py).
 """
 
 from __future__ import annotations
@@ -15,18 +24,19 @@ from dataclasses import dataclass
 import moderngl
 import numpy as np
 
-from carla_tools.town.meshes import VERTEX_ATTRIBUTES, VERTEX_FORMAT
+from carla_tools.town.meshes import VERTEX_ATTRIBUTES, VERTEX_FORMAT, Material
 from carla_tools.town.sky import Lighting
 from cityenv.geometry.camera import PinholeCamera
 
 INSTANCE_FLOATS = 11
 """Per-instance floats of an actor: x, y, z, yaw, colour A (3), colour B (3), scale."""
 
-DETAIL_SIZE = 0.6
-"""Static triangles narrower than this (metres; poles, trunks, lamps, signal heads) are details."""
+DETAIL_SIZE = 2.5
+"""Static triangles narrower than this are details (metres): trees, poles, lamps, signals, signs."""
 
-DETAIL_PIXELS = 0.5
-"""Details are dropped in tiles where they would be narrower than this many pixels."""
+DETAIL_PIXELS = 2.0
+"""Details are dropped where they would be narrower than this many pixels (level of detail): at
+256 px and 90 degrees beyond 160 m, at 512 px beyond 320 m."""
 
 _LIGHTING_UNIFORMS = (
     "u_sun_dir", "u_sun_color", "u_zenith", "u_horizon", "u_sun_disc", "u_sky_amb",
@@ -319,26 +329,34 @@ class _Tiles:
     """Static triangles sorted into square tiles; each tile's index range in three layers.
 
     A tile's indices run ``[first, detail_end)`` small details (dropped beyond the LOD distance),
-    ``[detail_end, count_end)`` the rest; ``lo``/``hi`` bound the tile's triangles.
+    ``[detail_end, end)`` the rest; ``lo``/``hi`` bound the tile's triangles and
+    ``detail_lo``/``detail_hi`` its details (the LOD distance is measured to those).
     """
 
+    wide: bool  # whether the last tile holds the triangles wider than a tile (always drawn)
     first: np.ndarray  # (T,) int
     detail_end: np.ndarray  # (T,) int
     end: np.ndarray  # (T,) int
     lo: np.ndarray  # (T, 3)
     hi: np.ndarray  # (T, 3)
+    detail_lo: np.ndarray  # (T, 3)
+    detail_hi: np.ndarray  # (T, 3)
 
 
 def _tile_layers(tri: np.ndarray) -> np.ndarray:
-    """Draw order layer of each triangle ``(T, 3, 3)`` within its tile: 0 detail, 1 upright, 2 flat.
+    """Draw order layer of each triangle ``(T, 3, VERTEX_FLOATS)`` in its tile: 0 detail, 1 upright,
+    2 flat.
 
     Details are triangles under :data:`DETAIL_SIZE` across (poles, trunks, lamps, lights, tree
-    crowns); ground-level flat surfaces go last since from street level they hide nothing drawn
-    after them but are hidden by walls in front (the early depth test then skips their shading).
+    crowns, signs, curbs) other than facades and the ground, whose dropping could open holes.
+    Ground-level flat surfaces go last since from street level they hide nothing drawn after them
+    but are hidden by walls in front (the early depth test then skips their shading).
     """
-    ext = np.sort(tri.max(axis=1) - tri.min(axis=1), axis=1)
-    detail = ext[:, 1] < DETAIL_SIZE  # the second-largest extent: how wide the triangle is
-    flat = (ext[:, 0] < 1e-3) & (tri[:, :, 2].max(axis=1) < 0.5)
+    xyz = tri[:, :, :3]
+    ext = np.sort(xyz.max(axis=1) - xyz.min(axis=1), axis=1)
+    flat = (ext[:, 0] < 1e-3) & (xyz[:, :, 2].max(axis=1) < 0.5)
+    # the second-largest extent says how wide the triangle is
+    detail = (ext[:, 1] < DETAIL_SIZE) & ~flat & (tri[:, 0, 14] != Material.FACADE)
     return np.where(detail, 0, np.where(flat, 2, 1))
 
 
@@ -408,6 +426,8 @@ class TownRenderer:
                 meshes module.
             tile_size: Edge of the culling tiles in metres; a triangle belongs to the tile holding
                 its centroid, and each tile is culled by the bounding box of its triangles.
+                Triangles wider than a tile (roads, lots, curbs, the ground) would inflate those
+                boxes; they form one extra tile that is always drawn, last.
         """
         rows = np.asarray(vertices, dtype=np.float32)
         tri = rows.reshape(-1, 3, rows.shape[1])
@@ -415,17 +435,22 @@ class TownRenderer:
         cell = np.floor(xyz[:, :, :2].mean(axis=1) / tile_size).astype(np.int64)
         cell -= cell.min(axis=0)
         tile = cell[:, 1] * (cell[:, 0].max() + 1) + cell[:, 0]
-        layer = _tile_layers(xyz)
+        wide = np.max(xyz[:, :, :2].max(axis=1) - xyz[:, :, :2].min(axis=1), axis=1) > tile_size
+        tile[wide] = tile.max() + 1
+        layer = _tile_layers(tri)
         order = np.lexsort((layer, tile))
         tri, tile, layer, xyz = tri[order], tile[order], layer[order], xyz[order]
         starts = np.flatnonzero(np.r_[True, tile[1:] != tile[:-1]])
         ends = np.r_[starts[1:], len(tri)]
         # first non-detail triangle of each tile (layers are sorted within a tile)
         detail_end = starts + np.add.reduceat((layer == 0).astype(np.int64), starts)
+        tri_lo, tri_hi = xyz.min(axis=1), xyz.max(axis=1)
+        far = np.float32(1e30)  # tiles without details: an empty box far away
         self._tiles = _Tiles(
-            first=starts * 3, detail_end=detail_end * 3, end=ends * 3,
-            lo=np.minimum.reduceat(xyz.min(axis=1), starts),
-            hi=np.maximum.reduceat(xyz.max(axis=1), starts),
+            wide=bool(wide.any()), first=starts * 3, detail_end=detail_end * 3, end=ends * 3,
+            lo=np.minimum.reduceat(tri_lo, starts), hi=np.maximum.reduceat(tri_hi, starts),
+            detail_lo=np.minimum.reduceat(np.where(layer[:, None] == 0, tri_lo, far), starts),
+            detail_hi=np.maximum.reduceat(np.where(layer[:, None] == 0, tri_hi, -far), starts),
         )  # fmt: skip
         unique, index = _index_vertices(tri.reshape(-1, rows.shape[1]))
         self.triangles = len(tri)
@@ -528,18 +553,21 @@ class TownRenderer:
         """Draw the visible tiles front to back; returns the triangle count drawn.
 
         Front to back lets the early depth test skip shading hidden surfaces (a few dozen draw
-        calls over tiles; objects are never looped over). Tiles whose nearest point is beyond
-        ``lod_distance`` skip their small details.
+        calls over tiles; objects are never looped over). Tiles whose nearest detail is beyond
+        ``lod_distance`` skip their details.
         """
         t = self._tiles
         if self._static_vao is None or t is None:
             return 0
         visible = np.flatnonzero(_boxes_visible(viewproj, t.lo, t.hi))
-        lo, hi = t.lo[visible], t.hi[visible]
+        if t.wide:
+            visible = visible[visible != len(t.first) - 1]
+        centre = 0.5 * (t.lo[visible] + t.hi[visible])
+        visible = visible[np.argsort(np.einsum("ij,ij->i", centre - cam_pos, centre - cam_pos))]
+        if t.wide:  # the wide flat surfaces last: walls in front already hide parts of them
+            visible = np.r_[visible, len(t.first) - 1]
+        lo, hi = t.detail_lo[visible], t.detail_hi[visible]
         near = np.linalg.norm(np.clip(cam_pos, lo, hi) - cam_pos, axis=1)
-        centre = np.linalg.norm(0.5 * (lo + hi) - cam_pos, axis=1)
-        order = np.argsort(centre)
-        visible, near = visible[order], near[order]
         first = np.where(near < lod_distance, t.first[visible], t.detail_end[visible])
         count = t.end[visible] - first
         for f, c in zip(first.tolist(), count.tolist(), strict=True):
@@ -604,7 +632,7 @@ class TownRenderer:
         drawn += self._draw_static(viewproj, cam_pos, lod)
         self.triangles_drawn = drawn
         # The sky last, at the far plane, only where nothing was drawn (early depth test skips
-        # the covered pixels); it writes no depth, so sky pixels keep the cleared 1.0 -> depth 0.
+        # the covered pixels); it writes 0 to the z-depth attachment.
         ctx.disable(moderngl.CULL_FACE)
         ctx.depth_func = "<="
         fbo.depth_mask = False
