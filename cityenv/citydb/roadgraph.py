@@ -151,14 +151,27 @@ class RoadGraph:
         Looks at the edges of the ``k`` nearest nodes, which is exact when edges are shorter
         than the gaps between unrelated streets.
         """
+        return self.nearest_edge(position, k)[0]
+
+    def nearest_edge(self, position: ArrayLike, k: int = 8) -> tuple[float, int, int, float]:
+        """The edge horizontally nearest to ``position`` among those of the ``k`` nearest nodes.
+
+        Returns:
+            ``(distance, a, b, t)``: distance in metres to the edge ``a -> b`` and the fraction
+            ``t`` in ``[0, 1]`` of the way from ``a`` to ``b`` of the closest point (``a == b``,
+            ``t == 0`` for an isolated node).
+        """
         xy = _xy(position)
         d_nodes, nodes = self.nearest_nodes(xy, k)
-        best = float(d_nodes[0])
+        best = (float(d_nodes[0]), int(nodes[0]), int(nodes[0]), 0.0)
         for a in nodes:
             nbrs = self.neighbors(int(a))
-            if nbrs.size:
-                ends = self.positions[nbrs, :2]
-                best = min(best, float(_segment_distances(xy, self.positions[a, :2], ends).min()))
+            if not nbrs.size:
+                continue
+            d, t = _segment_distances(xy, self.positions[a, :2], self.positions[nbrs, :2])
+            i = int(d.argmin())
+            if d[i] < best[0] - 1e-12:
+                best = (float(d[i]), int(a), int(nbrs[i]), float(t[i]))
         return best
 
     def height_at(self, xy: ArrayLike, k: int = 3) -> np.ndarray:
@@ -224,16 +237,18 @@ class RoadGraph:
     def distance_to_goal(self, position: ArrayLike, goal_node: int, k: int = 8) -> float:
         """Distance from ``position`` to ``goal_node`` along the graph, metres.
 
-        The minimum over the ``k`` horizontally nearest nodes of (straight distance to the node +
-        shortest-path distance from it to the goal). Taking the minimum, rather than using the
-        single nearest node, keeps the distance continuous as the agent passes between nodes.
+        ``position`` is projected onto its nearest edge (:meth:`nearest_edge`); the distance is
+        the horizontal offset to that edge plus the shorter way to the goal through either end of
+        the edge. It is exact for a camera on the streets and continuous as the camera moves
+        along them (no jump halfway between two panoramas).
 
         Returns:
-            The distance, ``inf`` if the nearby nodes cannot reach the goal.
+            The distance, ``inf`` if the goal cannot be reached from there.
         """
         along = self.distances_from(goal_node)
-        d, nodes = self.nearest_nodes(position, k)
-        return float((d + along[nodes]).min())
+        offset, a, b, t = self.nearest_edge(position, k)
+        length = float(np.linalg.norm(self.positions[b] - self.positions[a]))
+        return offset + min(along[a] + t * length, along[b] + (1.0 - t) * length)
 
     def component(self) -> np.ndarray:
         """Connected-component label of each node, ``(N,)`` int."""
@@ -347,11 +362,13 @@ def _traversal_edges(
     return np.stack([a[keep], b[keep]], axis=1).astype(np.int64)
 
 
-def _segment_distances(xy: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _segment_distances(
+    xy: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Distances from point ``xy`` ``(2,)`` to the segments from ``a`` ``(2,)`` to each of
-    ``b`` ``(d, 2)``, shape ``(d,)``."""
+    ``b`` ``(d, 2)``, and the fractions along them of the closest points; ``(d,)`` each."""
     ab = b - a
     denom = np.maximum((ab * ab).sum(1), 1e-12)
     t = np.clip(((xy - a) * ab).sum(1) / denom, 0.0, 1.0)
     closest = a + t[:, None] * ab
-    return np.linalg.norm(closest - xy, axis=1)
+    return np.linalg.norm(closest - xy, axis=1), t

@@ -1,0 +1,84 @@
+"""cityenv.envs: the Gymnasium environment of a city, its action adapters, tasks and IDs.
+
+::
+
+    import gymnasium as gym
+    import cityenv  # registers CityWorld-Town-v0, -Seoul-v0, -Busan-v0, -AnnArbor-v0
+
+    env = gym.make("CityWorld-Town-v0", render_mode="rgb_array")
+    obs, info = env.reset(seed=0, options={"prompt": "a sunny afternoon"})
+
+Names are imported on first use (PEP 562), so ``import cityenv`` (which registers the IDs)
+imports neither torch nor the world model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cityenv.envs.actions import (
+        ACTION_MODES,
+        ActionAdapter,
+        DiscreteActions,
+        TrajectoryActions,
+        VelocityActions,
+        make_action_adapter,
+    )
+    from cityenv.envs.env import CityWorldEnv, StepRecord, estimate_reference_height
+    from cityenv.envs.registration import ENV_IDS, register_envs
+    from cityenv.envs.tasks import FreeTask, NavigationTask, make_task
+    from cityenv.envs.town import TownSpec, build_town_db, cache_dir, town_db_path
+
+_HOMES = {
+    "ACTION_MODES": "actions",
+    "ActionAdapter": "actions",
+    "DiscreteActions": "actions",
+    "TrajectoryActions": "actions",
+    "VelocityActions": "actions",
+    "make_action_adapter": "actions",
+    "CityWorldEnv": "env",
+    "StepRecord": "env",
+    "estimate_reference_height": "env",
+    "ENV_IDS": "registration",
+    "register_envs": "registration",
+    "FreeTask": "tasks",
+    "NavigationTask": "tasks",
+    "make_task": "tasks",
+    "TownSpec": "town",
+    "build_town_db": "town",
+    "cache_dir": "town",
+    "town_db_path": "town",
+}
+__all__ = [
+    "ACTION_MODES",
+    "ActionAdapter",
+    "CityWorldEnv",
+    "DiscreteActions",
+    "ENV_IDS",
+    "FreeTask",
+    "NavigationTask",
+    "StepRecord",
+    "TownSpec",
+    "TrajectoryActions",
+    "VelocityActions",
+    "build_town_db",
+    "cache_dir",
+    "estimate_reference_height",
+    "make_action_adapter",
+    "make_task",
+    "register_envs",
+    "town_db_path",
+]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'cityenv.envs' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"cityenv.envs.{home}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

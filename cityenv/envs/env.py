@@ -1,0 +1,553 @@
+"""``CityWorldEnv``: a Gymnasium environment around a retrieval-grounded video world model.
+
+Each step turns the action into a trajectory chunk of ``L`` camera poses at ``fps``
+(:mod:`cityenv.envs.actions`), retrieves street-view references for it from the city's database
+(:class:`cityenv.citydb.Retriever`), loads them and asks the world model for the chunk's frames.
+The task (:mod:`cityenv.envs.tasks`) scores the chunk on the database's road graph
+(:class:`cityenv.citydb.roadgraph.RoadGraph`).
+
+Street height: every pose of a chunk is put at the height of the references around it (the
+road graph's interpolated panorama height), so by default the agent's camera is at the capture
+height of the database (2.5 m above the road in the built-in town). ``camera_height=h`` puts it
+``h`` metres above the road instead, the road being estimated from the references' depth below
+their cameras.
+
+Observation (a ``Dict``; text is not in it, SB3 cannot batch text; the prompt comes through
+``reset(options={"prompt": ...})`` and :meth:`CityWorldEnv.set_prompt`):
+
+- ``frames``: uint8 ``(L, H, W, 3)`` (``observe="chunk"``) or ``(H, W, 3)`` (``"last"``);
+- ``pose``: float32 ``(7,)`` ``[x, y, z, qw, qx, qy, qz]``, camera-to-world in the city's ENU;
+- ``geo``: float64 ``(2,)`` ``[lat, lon]`` of the camera, degrees WGS84;
+- ``goal``: float32 ``(3,)`` goal position minus camera position in the camera frame (OpenCV:
+  x right, y down, z forward), zeros without a goal.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import quaternion
+from gymnasium import spaces
+
+from cityenv.citydb.reader import CityDB
+from cityenv.citydb.retrieval import RetrievalResult, Retriever
+from cityenv.citydb.roadgraph import RoadGraph
+from cityenv.envs.actions import ActionAdapter, level_rotations, make_action_adapter
+from cityenv.envs.cities import resolve_city_db
+from cityenv.envs.tasks import NavigationTask, make_task
+from cityenv.errors import OutOfCoverageError, ShapeMismatchError
+from cityenv.geometry.camera import PinholeCamera
+from cityenv.geometry.pose import Pose, Trajectory
+from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, ReferenceLoader, WorldModel
+
+__all__ = ["CityWorldEnv", "StepRecord", "estimate_reference_height"]
+
+_FAR = 1.0e6  # metres: bound of ENU coordinates in the observation (a city is far smaller)
+
+DEFAULT_REFERENCE_HEIGHT_M = 2.5
+"""Camera height above the road assumed when the database's depths cannot tell."""
+
+
+@dataclass(eq=False)
+class StepRecord:
+    """What one step did, kept on :attr:`CityWorldEnv.last_step`.
+
+    Attributes:
+        trajectory: The chunk's ``L`` camera-to-world poses and timestamps.
+        retrieval: What the retriever returned for it.
+        output: What the world model generated (frames, warps, masks, references, info).
+        timings: Seconds spent: ``retrieval`` (retrieving and loading), ``load`` (loading
+            alone), ``generate``.
+    """
+
+    trajectory: Trajectory
+    retrieval: RetrievalResult
+    output: ChunkOutput
+    timings: dict[str, float]
+
+
+class CityWorldEnv(gym.Env):
+    """A city as an environment: actions move a camera, a world model renders what it sees.
+
+    Args:
+        city_db: The street-view database: a folder or an opened :class:`CityDB`. ``None``
+            resolves ``city``.
+        city: ``"town"`` (built-in, generated on first use), ``"seoul"``, ``"busan"`` or
+            ``"annarbor"`` (found under ``$CITYENV_DATA``); used when ``city_db`` is ``None``
+            (default ``"town"``).
+        world_model: ``"warp"`` (:class:`~cityenv.worldmodel.warp.WarpWorldModel`), a
+            ``"module:Class"`` path, a :class:`WorldModel` or a callable returning one.
+        width: Frame width, pixels.
+        height: Frame height, pixels.
+        fov_deg: Horizontal field of view, degrees.
+        chunk_length: Frames per step ``L``.
+        fps: Frame rate of the chunks.
+        action_mode: ``"discrete"``, ``"velocity"`` or ``"trajectory"``.
+        task: ``"navigation"`` or ``"free"``.
+        observe: ``"last"`` (frames = the chunk's last frame) or ``"chunk"`` (all ``L``).
+        camera_height: Camera height above the road, metres; ``None`` = the references' height.
+        retrieval: Retrieval settings: ``k`` (references per chunk, 5), ``exclude_traversals``
+            (ids never used) and any :class:`Retriever` keyword (``radius``,
+            ``coverage_threshold``, ...).
+        render_mode: ``None`` or ``"rgb_array"`` (:meth:`render` returns the last frame).
+        max_speed: Largest forward speed of the ``velocity`` and ``trajectory`` modes, m/s; the
+            ``discrete`` mode goes straight at half of it.
+        action_options: Keyword arguments of the action adapter (override the above).
+        task_options: Keyword arguments of the task (``success_radius_m``, ``off_road_m``, ...).
+        town: Keyword arguments of :func:`cityenv.envs.town.build_town_db` for ``city="town"``.
+        link_radius_m: Road-graph link radius, metres.
+        start_radius_m: A given start must lie this close to a panorama (horizontally).
+        full_info: Also put the chunk's objects and timings in ``info`` (``pose``,
+            ``trajectory``, ``retrieval``, ``output``, ``timings``, ``model_info``). Off by
+            default: timings differ from run to run and these objects compare by identity, so
+            they would break Gymnasium's determinism check (same seed and action, same info);
+            they also weigh megabytes per step in a vector environment. They are always on
+            :attr:`last_step`.
+
+    Attributes:
+        last_step: The last step's :class:`StepRecord` (trajectory, retrieval, output,
+            timings), for wrappers and tools; ``None`` before the first step.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(
+        self,
+        city_db: str | os.PathLike[str] | CityDB | None = None,
+        *,
+        city: str | None = None,
+        world_model: str | WorldModel | Callable[[], WorldModel] = "warp",
+        width: int = 256,
+        height: int = 256,
+        fov_deg: float = 90.0,
+        chunk_length: int = 12,
+        fps: float = 10.0,
+        action_mode: str = "discrete",
+        task: str = "navigation",
+        observe: str = "last",
+        camera_height: float | None = None,
+        retrieval: Mapping[str, Any] | None = None,
+        render_mode: str | None = None,
+        max_speed: float = 10.0,
+        action_options: Mapping[str, Any] | None = None,
+        task_options: Mapping[str, Any] | None = None,
+        town: Mapping[str, Any] | None = None,
+        link_radius_m: float = 15.0,
+        start_radius_m: float = 20.0,
+        full_info: bool = False,
+    ) -> None:
+        _check_choice("observe", observe, ("last", "chunk"))
+        _check_choice("render_mode", render_mode, (None, "rgb_array"))
+        self.render_mode = render_mode
+        self.db = _open_db(city_db, city, town)
+        self.road_graph = RoadGraph.from_citydb(self.db, link_radius_m=link_radius_m)
+        self.camera = PinholeCamera.from_fov(int(width), int(height), float(fov_deg))
+        self.chunk_length, self.fps = int(chunk_length), float(fps)
+        self.metadata = {**self.metadata, "render_fps": self.fps}
+        self.action_mode, self.observe, self.full_info = action_mode, observe, bool(full_info)
+        self.action_adapter = _adapter(action_mode, chunk_length, fps, max_speed, action_options)
+        self.task: NavigationTask = make_task(task, **dict(task_options or {}))
+        self.world_model = _make_world_model(world_model)
+        self.retriever, self.retrieval_k, self.exclude_traversals = _retriever(self.db, retrieval)
+        self.loader = ReferenceLoader(self.db)
+        self.start_radius_m = float(start_radius_m)
+        self.camera_height = camera_height
+        self._height_offset = _height_offset(self.db, camera_height)
+        self.action_space = self.action_adapter.space
+        self.observation_space = self._observation_space()
+        self.pose: Pose | None = None
+        self.prompt: str | None = None
+        self.start_node: int | None = None
+        self.time_s = 0.0
+        self.metres_travelled = 0.0
+        self.last_step: StepRecord | None = None
+        self._last_frames: np.ndarray | None = None
+
+    # --- properties the policies read ----------------------------------------------------------
+    @property
+    def goal_node(self) -> int | None:
+        """The goal's node in :attr:`road_graph` (``None`` without a goal)."""
+        return self.task.goal_node
+
+    @property
+    def success_radius_m(self) -> float:
+        """Distance to the goal that counts as reached, metres."""
+        return self.task.success_radius_m
+
+    @property
+    def covered_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(min, max)`` ENU corners ``(3,)`` of the database's panoramas."""
+        return self.road_graph.bounds
+
+    # --- gymnasium API --------------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start an episode.
+
+        Args:
+            seed: Seed of ``self.np_random`` (start, heading, goal sampling).
+            options: ``prompt`` (str), ``start`` (a :class:`Pose`, a node id, or an ENU
+                ``(x, y)`` / ``(x, y, z)``; heading from ``heading_deg`` or along a road-graph
+                edge), ``heading_deg`` (float), ``goal`` (a node id or an ENU position).
+
+        Returns:
+            The observation and an info dict: ``start_node``, ``goal_node`` (-1 without a
+            goal), ``distance_to_goal`` (with a goal), ``references_used``, ``prompt``; with
+            ``full_info`` also ``pose`` and ``retrieval``.
+
+        Raises:
+            OutOfCoverageError: If the start or the goal lies outside the covered streets.
+        """
+        super().reset(seed=seed)
+        options = dict(options or {})
+        self.prompt = options.get("prompt")
+        start, goal = self._start_and_goal(options)
+        self.pose, self.start_node = start, self.road_graph.nearest_node(start.position)
+        self.time_s, self.metres_travelled = 0.0, 0.0
+        self.task.reset(self.road_graph, start.position, goal)
+        result, refs, _ = self._references(Trajectory.from_poses([start]))
+        first = self.world_model.reset(
+            pose=start,
+            camera=self.camera,
+            references=refs,
+            prompt=self.prompt,
+            generator=self.np_random,
+        )
+        self._check_frames(np.asarray(first)[None], 1)
+        self._last_frames = np.repeat(np.asarray(first)[None], self.chunk_length, axis=0)
+        self.last_step = None
+        info: dict[str, Any] = {
+            "start_node": self.start_node,
+            "goal_node": -1 if self.goal_node is None else self.goal_node,
+            "references_used": len(refs.views),
+            "prompt": self.prompt,
+        }
+        if self.goal_node is not None:
+            info["distance_to_goal"] = self.task.distance
+        if self.full_info:
+            info.update(pose=start, retrieval=result)
+        return self._observation(), info
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Move the camera along the action's chunk and generate its frames.
+
+        Returns:
+            ``(observation, reward, terminated, truncated, info)``; ``truncated`` is always
+            False (time limits come from the registration's ``max_episode_steps``). ``info``:
+            ``references_used``, ``distance_to_goal`` (with a goal), ``progress_m``,
+            ``metres_travelled`` (episode total), ``is_success``, ``off_road``,
+            ``distance_to_graph``; with ``full_info`` also ``pose``, ``trajectory``,
+            ``retrieval``, ``output``, ``timings`` (``retrieval``, ``load``, ``generate``
+            seconds) and ``model_info`` (the world model's ``output.info``).
+
+        Raises:
+            InvalidActionError: If the action is outside the action space or holds NaN/inf.
+        """
+        if self.pose is None:
+            raise RuntimeError("the environment must be reset before step(); call env.reset().")
+        chunk = self.action_adapter.chunk(self.pose, self.time_s, action, self._street_height)
+        result, refs, timings = self._references(chunk)
+        t0 = time.perf_counter()
+        output = self.world_model.generate(chunk, refs)
+        timings["generate"] = time.perf_counter() - t0
+        self._check_frames(output.frames, len(chunk))
+        self._advance(chunk, output)
+        self.last_step = StepRecord(chunk, result, output, timings)
+        outcome = self.task.step(chunk.positions)
+        info = self._step_info(outcome.info)
+        return self._observation(), outcome.reward, outcome.terminated, False, info
+
+    def render(self) -> np.ndarray | None:
+        """The last generated frame, uint8 ``(H, W, 3)`` (``render_mode="rgb_array"``)."""
+        if self.render_mode != "rgb_array" or self._last_frames is None:
+            return None
+        return self._last_frames[-1].copy()
+
+    def close(self) -> None:
+        """Close the database files."""
+        self.db.close()
+        super().close()
+
+    def set_prompt(self, prompt: str | None) -> None:
+        """Change the text prompt from the next chunk on."""
+        self.prompt = prompt
+        self.world_model.set_prompt(prompt)
+
+    # --- start and goal ------------------------------------------------------------------------
+    def _start_and_goal(self, options: dict[str, Any]) -> tuple[Pose, int | None]:
+        """The start pose and goal node of an episode from ``options`` or sampled."""
+        graph, rng, task = self.road_graph, self.np_random, self.task
+        goal = self._goal_node(options["goal"]) if options.get("goal") is not None else None
+        given = options.get("start")
+        if given is None:
+            if goal is not None:  # the graph is undirected: sample a start around the goal
+                node = graph.sample_goal(rng, goal, task.min_goal_m, task.max_goal_m)
+            elif task.needs_goal:
+                node, goal = graph.sample_start_goal(rng, task.min_goal_m, task.max_goal_m)
+            else:
+                node = int(rng.integers(graph.num_nodes))
+            start = self._pose_at(graph.positions[node], node, options.get("heading_deg"))
+        else:
+            start = self._given_start(given, options.get("heading_deg"))
+        if goal is None and task.needs_goal:
+            node = graph.nearest_node(start.position)
+            goal = graph.sample_goal(rng, node, task.min_goal_m, task.max_goal_m)
+        if goal is not None and not math.isfinite(graph.distance_to_goal(start.position, goal)):
+            raise OutOfCoverageError(
+                f"the goal (node {goal}) must be reachable from the start along the road graph, "
+                f"got disconnected streets; pick a goal on the start's streets."
+            )
+        return start, goal
+
+    def _given_start(self, start: Any, heading_deg: float | None) -> Pose:
+        """A start pose from a :class:`Pose`, a node id or an ENU position."""
+        graph = self.road_graph
+        if isinstance(start, Pose):
+            self._check_covered(start.position, "start")
+            xy = start.position[None, :2]
+            position = np.array([*start.position[:2], self._street_height(xy)[0]])
+            heading = start.heading_deg if heading_deg is None else heading_deg
+            return Pose(position, level_rotations([heading], [start.pitch_deg])[0])
+        if isinstance(start, (int, np.integer)):
+            node = graph._check_node(int(start))
+            return self._pose_at(graph.positions[node], node, heading_deg)
+        position = np.asarray(start, dtype=np.float64).reshape(-1)
+        self._check_covered(position, "start")
+        return self._pose_at(position, graph.nearest_node(position), heading_deg)
+
+    def _pose_at(self, position: np.ndarray, node: int, heading_deg: float | None) -> Pose:
+        """A level camera at street height over ``position``, heading given or along an edge."""
+        if heading_deg is None:
+            neighbours = self.road_graph.neighbors(node)
+            heading_deg = (
+                self.road_graph.heading_deg(node, int(self.np_random.choice(neighbours)))
+                if neighbours.size
+                else float(self.np_random.uniform(0.0, 360.0))
+            )
+        xy = np.asarray(position, np.float64)[None, :2]
+        z = self._street_height(xy)[0]
+        return Pose([xy[0, 0], xy[0, 1], z], level_rotations([float(heading_deg)], [0.0])[0])
+
+    def _goal_node(self, goal: Any) -> int:
+        if isinstance(goal, (int, np.integer)):
+            return self.road_graph._check_node(int(goal))
+        position = np.asarray(goal, dtype=np.float64).reshape(-1)
+        self._check_covered(position, "goal")
+        return self.road_graph.nearest_node(position)
+
+    def _check_covered(self, position: np.ndarray, what: str) -> None:
+        """Raise :class:`OutOfCoverageError` if ``position`` is far from every panorama."""
+        d = float(self.road_graph.nearest_nodes(position, 1)[0][0])
+        if d > self.start_radius_m:
+            lo, hi = self.covered_bounds
+            raise OutOfCoverageError(
+                f"the {what} must lie within {self.start_radius_m:g} m of the database's "
+                f"panoramas (covered bounding box x in [{lo[0]:.1f}, {hi[0]:.1f}], y in "
+                f"[{lo[1]:.1f}, {hi[1]:.1f}] m ENU), got {np.round(position, 2).tolist()}, "
+                f"{d:.1f} m from the nearest panorama; start on the covered streets."
+            )
+
+    # --- stepping -------------------------------------------------------------------------------
+    def _street_height(self, xy: np.ndarray) -> np.ndarray:
+        """Camera height (ENU z) at horizontal positions ``(n, 2)``, shape ``(n,)``."""
+        return self.road_graph.height_at(xy) + self._height_offset
+
+    def _references(
+        self, chunk: Trajectory
+    ) -> tuple[RetrievalResult, ChunkReferences, dict[str, float]]:
+        """Retrieve and load the references of a chunk, timing both."""
+        t0 = time.perf_counter()
+        result = self.retriever.retrieve(
+            chunk, self.camera, k=self.retrieval_k, exclude_traversals=self.exclude_traversals
+        )
+        t1 = time.perf_counter()
+        refs = self.loader.load(result)
+        t2 = time.perf_counter()
+        return result, refs, {"retrieval": t2 - t0, "load": t2 - t1}
+
+    def _advance(self, chunk: Trajectory, output: ChunkOutput) -> None:
+        """Move the camera to the chunk's last pose and keep its frames."""
+        assert self.pose is not None
+        path = np.concatenate([self.pose.position[None], chunk.positions])
+        self.metres_travelled += float(np.linalg.norm(np.diff(path, axis=0), axis=1).sum())
+        self.pose, self.time_s = chunk[len(chunk) - 1], float(chunk.timestamps[-1])
+        self._last_frames = np.asarray(output.frames)
+
+    def _step_info(self, task_info: dict[str, Any]) -> dict[str, Any]:
+        record = self.last_step
+        assert record is not None
+        info: dict[str, Any] = {
+            "references_used": len(record.output.references.views),
+            "metres_travelled": self.metres_travelled,
+            **task_info,
+        }
+        if self.goal_node is None:
+            info.pop("distance_to_goal", None)  # NaN would compare unequal to itself
+        if self.full_info:
+            info.update(
+                pose=self.pose,
+                trajectory=record.trajectory,
+                retrieval=record.retrieval,
+                output=record.output,
+                timings=record.timings,
+                model_info=record.output.info,
+            )
+        return info
+
+    def _check_frames(self, frames: np.ndarray, length: int) -> None:
+        expected = (length, self.camera.height, self.camera.width, 3)
+        if frames.shape != expected or frames.dtype != np.uint8:
+            raise ShapeMismatchError(
+                f"the world model must return uint8 frames of shape {expected}, got "
+                f"{frames.dtype} {frames.shape}; check its camera and chunk handling."
+            )
+
+    # --- observation ----------------------------------------------------------------------------
+    def _observation_space(self) -> spaces.Dict:
+        shape = (self.camera.height, self.camera.width, 3)
+        if self.observe == "chunk":
+            shape = (self.chunk_length, *shape)
+        return spaces.Dict(
+            {
+                "frames": spaces.Box(0, 255, shape, np.uint8),
+                "pose": spaces.Box(
+                    np.array([-_FAR] * 3 + [-1.0] * 4, np.float32),
+                    np.array([_FAR] * 3 + [1.0] * 4, np.float32),
+                    dtype=np.float32,
+                ),
+                "geo": spaces.Box(
+                    np.array([-90.0, -180.0]), np.array([90.0, 180.0]), dtype=np.float64
+                ),
+                "goal": spaces.Box(-2 * _FAR, 2 * _FAR, (3,), np.float32),
+            }
+        )
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        assert self.pose is not None and self._last_frames is not None
+        pose = self.pose
+        q = quaternion.as_float_array(pose.rotation)
+        lat, lon, _ = self.db.frame.enu_to_geodetic(pose.position)
+        frames = self._last_frames if self.observe == "chunk" else self._last_frames[-1]
+        return {
+            "frames": np.ascontiguousarray(frames, dtype=np.uint8),
+            "pose": np.concatenate([pose.position, q]).astype(np.float32),
+            "geo": np.array([float(lat), float(lon)], dtype=np.float64),
+            "goal": self._goal_vector(pose),
+        }
+
+    def _goal_vector(self, pose: Pose) -> np.ndarray:
+        goal = self.task.goal_position()
+        if goal is None:
+            return np.zeros(3, np.float32)
+        world = goal - pose.position
+        return (pose.rotation_matrix.T @ world).astype(np.float32)
+
+
+# --- construction helpers -------------------------------------------------------------------------
+def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
+
+
+def _open_db(
+    city_db: str | os.PathLike[str] | CityDB | None,
+    city: str | None,
+    town: Mapping[str, Any] | None,
+) -> CityDB:
+    if isinstance(city_db, CityDB):
+        return city_db
+    if city_db is not None:
+        return CityDB.open(city_db)
+    return CityDB.open(resolve_city_db(city or "town", dict(town or {})))
+
+
+def _adapter(
+    mode: str,
+    chunk_length: int,
+    fps: float,
+    max_speed: float,
+    options: Mapping[str, Any] | None,
+) -> ActionAdapter:
+    defaults: dict[str, Any] = (
+        {"speed": 0.5 * max_speed, "turn_speed": 0.25 * max_speed}
+        if mode == "discrete"
+        else {"max_speed": max_speed}
+    )
+    return make_action_adapter(mode, chunk_length, fps, **{**defaults, **dict(options or {})})
+
+
+def _make_world_model(spec: str | WorldModel | Callable[[], WorldModel]) -> WorldModel:
+    if isinstance(spec, WorldModel):
+        return spec
+    if isinstance(spec, str):
+        path = "cityenv.worldmodel.warp:WarpWorldModel" if spec == "warp" else spec
+        module, _, name = path.partition(":")
+        if not name:
+            raise ValueError(
+                f"world_model must be 'warp' or 'package.module:ClassName', got {spec!r}."
+            )
+        return getattr(importlib.import_module(module), name)()
+    model = spec()
+    if not isinstance(model, WorldModel):
+        raise TypeError(f"world_model must build a WorldModel, got {type(model).__name__}.")
+    return model
+
+
+def _retriever(
+    db: CityDB, retrieval: Mapping[str, Any] | None
+) -> tuple[Retriever, int, tuple[str, ...]]:
+    options = dict(retrieval or {})
+    k = int(options.pop("k", 5))
+    exclude = options.pop("exclude_traversals", ())
+    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    return Retriever(db, **options), k, exclude
+
+
+def _height_offset(db: CityDB, camera_height: float | None) -> float:
+    """ENU z to add to the references' height to put the camera ``camera_height`` above road."""
+    if camera_height is None:
+        return 0.0
+    return float(camera_height) - estimate_reference_height(db)
+
+
+def estimate_reference_height(db: CityDB, samples: int = 24) -> float:
+    """Median height of the database's cameras above the road, from their depth maps.
+
+    For a few views (spread over the database), the bottom rows around the image centre see
+    the road; their depth back-projected through the view's pose gives how far below the camera
+    the road lies.
+
+    Args:
+        db: The opened database.
+        samples: Views to look at.
+
+    Returns:
+        Metres; :data:`DEFAULT_REFERENCE_HEIGHT_M` when no sampled view has depth there.
+    """
+    if len(db) == 0:
+        return DEFAULT_REFERENCE_HEIGHT_M
+    drops: list[np.ndarray] = []
+    for view_id in np.linspace(0, len(db) - 1, min(samples, len(db))).astype(int):
+        depth, camera, pose = db.load_depth(int(view_id)), db.camera(int(view_id)), None
+        rows = slice(int(camera.height * 0.9), camera.height)
+        cols = slice(int(camera.width * 0.4), int(camera.width * 0.6) + 1)
+        z = depth[rows, cols]
+        v, u = np.mgrid[rows, cols]
+        pts = np.stack(
+            [(u + 0.5 - camera.cx) / camera.fx * z, (v + 0.5 - camera.cy) / camera.fy * z, z], -1
+        )[z > 0]
+        if pts.size:
+            pose = db.pose(int(view_id))
+            drops.append(-(pts @ pose.rotation_matrix.T)[:, 2])
+    if not drops:
+        return DEFAULT_REFERENCE_HEIGHT_M
+    return float(np.median(np.concatenate(drops)))
