@@ -1,0 +1,38 @@
+"""Agents that act in a CityWorld environment.
+
+- :class:`RouteFollower`: shortest path on the road graph -> actions, in every action mode.
+- :class:`RandomExplorer`: seeded uniform actions (the baseline).
+- :mod:`policies.scenario`: scenario scripts (YAML: start, waypoints, prompts that change at given
+  steps) and :func:`run_scenario`.
+- ``python -m policies.train_ppo``: Stable-Baselines3 PPO in ``CityWorld-Town-v0``.
+- :mod:`policies.control`: the route follower's control law as pure functions.
+"""
+
+from __future__ import annotations
+
+from policies.random_explorer import RandomExplorer
+from policies.route_follower import RouteFollower, plan_route
+from policies.scenario import (
+    Location,
+    PromptChange,
+    Scenario,
+    ScenarioError,
+    ScenarioResult,
+    load_scenario,
+    run_scenario,
+    scenario_from_dict,
+)
+
+__all__ = [
+    "Location",
+    "PromptChange",
+    "RandomExplorer",
+    "RouteFollower",
+    "Scenario",
+    "ScenarioError",
+    "ScenarioResult",
+    "load_scenario",
+    "plan_route",
+    "run_scenario",
+    "scenario_from_dict",
+]

@@ -1,0 +1,96 @@
+"""``python -m cityenv.rollout``: end to end in a subprocess on a tiny town, and its config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from cityenv.config import config_dir
+from cityenv.rollout import RolloutSettings, scenario_path, settings_from_config
+from policies.scenario import ScenarioError
+
+SCENARIO = """
+name: smoke
+start: 0
+prompts:
+  - {step: 0, prompt: golden sunset}
+  - {step: 1, prompt: a flooded street}
+action_mode: velocity
+max_steps: 3
+"""
+
+
+def test_rollout_end_to_end(tmp_path: Path) -> None:
+    import imageio.v2 as imageio
+
+    scenario = tmp_path / "smoke.yaml"
+    scenario.write_text(SCENARIO)
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "cityenv.rollout",
+        f"scenario={scenario}",
+        f"out={out}",
+        "width=32",
+        "height=32",
+        "chunk_length=4",
+        "town.blocks=[1,1]",
+        "town.size=64",
+        "progress=false",
+    ]
+    env = {**os.environ, "CITYENV_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scenario"] == "smoke" and summary["action_mode"] == "velocity"
+    assert 1 <= summary["steps"] <= 3
+    assert summary["frames"] == 1 + 4 * summary["steps"]
+    assert summary["resolution"] == [32, 32]
+    assert summary["metres_travelled"] > 0
+    assert summary["frames_per_s"] > 0 and summary["wall_time_s"] > 0
+    assert summary["references_used"]["total"] >= 0
+    assert summary["references_used"]["per_step_mean"] >= 0
+    assert summary["prompts"][0] == {"step": 0, "prompt": "golden sunset"}
+    assert isinstance(summary["success"], bool)
+    assert set(summary["timings_s"]) >= {"retrieval", "generate"}
+
+    reader = imageio.get_reader(out / "rollout.mp4")
+    frames = [frame for frame in reader]
+    reader.close()
+    assert len(frames) == summary["frames"] and frames[0].shape == (32, 32, 3)
+    assert (out / "rollout.rrd").stat().st_size > 0
+    assert (tmp_path / "cache").is_dir()  # the town was built on first use
+
+
+def test_default_config_composes(tmp_path: Path) -> None:
+    with initialize_config_dir(str(config_dir()), version_base=None):
+        cfg = compose("rollout", overrides=[f"out={tmp_path}"])
+    settings = settings_from_config(cfg)
+    assert settings == RolloutSettings(
+        scenario=config_dir() / "scenarios" / "town_route.yaml",
+        out=tmp_path,
+        town={"seed": 0, "blocks": [2, 2], "size": 256, "spacing_m": 10.0},
+    )
+
+
+def test_scenario_names_and_paths(tmp_path: Path) -> None:
+    assert scenario_path("town_route") == config_dir() / "scenarios" / "town_route.yaml"
+    assert scenario_path("town_route.yaml").name == "town_route.yaml"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("name: mine\n")
+    assert scenario_path(str(mine)) == mine
+    with pytest.raises(ScenarioError, match=r"got 'town_rute'\. Did you mean 'town_route'\?"):
+        scenario_path("town_rute")
+
+
+def test_unknown_config_keys_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"rollout config keys must be among .* got \['widht'\]"):
+        settings_from_config({"scenario": "town_route", "out": str(tmp_path), "widht": 3})
