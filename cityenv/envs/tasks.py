@@ -96,10 +96,15 @@ class NavigationTask:
             raise RuntimeError("the task must be reset before step(); call env.reset() first.")
         end = positions[-1]
         new = self._distance(end)
-        progress = self.distance - new if self.goal_node is not None else 0.0
+        # From a part of the road graph that does not reach the goal the distance is inf: such a
+        # step earns no progress (inf - inf would be NaN, inf - x an infinite reward) and counts
+        # as off the covered streets.
+        reachable = math.isfinite(new)
+        both = reachable and math.isfinite(self.distance)
+        progress = self.distance - new if self.goal_node is not None and both else 0.0
         self.distance = new
         to_graph = self.graph.distance_to_graph(end)
-        off_road = to_graph > self.off_road_m
+        off_road = to_graph > self.off_road_m or (self.goal_node is not None and not reachable)
         success = self._reached(positions)
         info = {
             "distance_to_goal": new,

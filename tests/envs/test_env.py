@@ -193,3 +193,22 @@ def test_start_outside_coverage_names_the_bounding_box(make_env):
 def test_step_before_reset(make_env):
     with pytest.raises(RuntimeError, match="reset"):
         make_env().step(0)
+
+
+def test_a_goal_unreachable_from_the_camera_gives_finite_reward_and_counts_off_road():
+    from cityenv.citydb.roadgraph import RoadGraph
+    from cityenv.envs.tasks import NavigationTask
+
+    # two straight streets 500 m apart: no link joins them, so the goal is unreachable from one
+    street = np.stack([np.arange(0.0, 50.0, 10.0), np.zeros(5), np.full(5, 2.5)], axis=1)
+    graph = RoadGraph.from_panoramas(np.concatenate([street, street + [0.0, 500.0, 0.0]]))
+    assert len(set(graph.component().tolist())) == 2
+    task = NavigationTask(off_road_penalty=1.0)
+    task.reset(graph, street[0], goal_node=4)  # goal on the same street, 40 m away
+    assert task.distance == pytest.approx(40.0)
+    out = task.step(street[[1, 2]] + [0.0, 500.0, 0.0])  # the chunk ends on the other street
+    assert np.isinf(out.info["distance_to_goal"])
+    assert out.info["progress_m"] == 0.0 and out.info["off_road"]
+    assert out.reward == -1.0
+    out = task.step(street[[2, 3]])  # back on the goal's street: progress counts again from here
+    assert out.reward == 0.0 and out.info["distance_to_goal"] == pytest.approx(10.0)
