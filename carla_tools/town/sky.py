@@ -6,16 +6,12 @@ solar-position formulas (error well under a degree), so a town anchored in Seoul
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
 
-from cityenv.errors import UnknownNameError
-
-WEATHERS = ("clear", "overcast", "wet", "fog")
-"""Names accepted by :func:`lighting`."""
+from carla_tools.sim import WEATHERS, check_choice
 
 
 def to_utc(when: datetime) -> datetime:
@@ -101,11 +97,7 @@ class Lighting:
 
 def check_weather(name: str) -> str:
     """Return ``name`` if it is a known weather; raise UnknownNameError (a ValueError) if not."""
-    if name in WEATHERS:
-        return name
-    close = difflib.get_close_matches(str(name), WEATHERS, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise UnknownNameError(f"weather must be one of {WEATHERS}, got {name!r}.{hint}")
+    return check_choice("weather", name, WEATHERS)
 
 
 def _mix(a, b, t: float) -> np.ndarray:
