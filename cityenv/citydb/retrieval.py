@@ -3,7 +3,9 @@
 Stage 1 (geometry only, microseconds): panoramas within ``radius`` of any frame of the chunk
 (one KD-tree ball query around the chunk's bounding sphere, then an exact distance check), minus
 the excluded traversals / capture times; their views that look toward what the target sees (the
-angle pre-filter); capped at the ``max_candidates`` nearest.
+angle pre-filter); capped at the ``max_candidates`` nearest. The tests run on a dozen panoramas
+per chunk, so the cost is the number of numpy calls, not arithmetic: per-panorama records and a
+per-frame layout (built once) turn the distance and angle tests into two small matmuls.
 
 Stage 2 (depth reprojection, milliseconds): each candidate's depth, at low resolution and cached,
 is projected into the target frame nearest to it; candidates covering at least
@@ -165,13 +167,15 @@ class ChunkQuery:
     Attributes:
         positions: Camera centres ``(L, 3)`` float64 ENU.
         forwards: Optical axes ``(L, 3)`` unit.
-        matrices: Camera-to-world ``(L, 4, 4)`` (empty when only stage 1 runs).
+        matrices: Camera-to-world ``(L, 4, 4)``.
         look: Points ``look_distance`` ahead of each frame ``(L, 3)``: what the frame sees.
         centre: Centre of the frames' bounding box, ``[x, y, z]``.
         half_diagonal: Half the diagonal of that box, metres (every frame is this close to
             ``centre``).
         distance_rhs: ``(5, L)`` rows ``x, y, z, 1, |p|^2`` of the frames, so that
             ``[-2x, -2y, -2z, |q|^2, 1] @ distance_rhs`` is ``|q - p|^2`` for a point ``q``.
+        frame_rhs: ``(L, 5, 2)``: per frame, the columns ``[look, 1, |look|^2]`` and
+            ``[p, 1, |p|^2]`` (the panorama records of stage 1 multiply them).
     """
 
     positions: np.ndarray
@@ -181,21 +185,45 @@ class ChunkQuery:
     centre: list[float]
     half_diagonal: float
     distance_rhs: np.ndarray
+    frame_rhs: np.ndarray
 
     @classmethod
     def build(
         cls, positions: np.ndarray, forwards: np.ndarray, matrices: np.ndarray, look_distance: float
     ) -> ChunkQuery:
         """Lay out ``L`` frames: positions ``(L, 3)``, forwards ``(L, 3)``, poses ``(L, 4, 4)``."""
-        rhs = np.empty((5, positions.shape[0]))
-        xyz = rhs[:3]  # (3, L): reductions along contiguous rows are the fast ones
-        xyz[:] = positions.T
-        rhs[3] = 1.0
-        np.sum(xyz * xyz, axis=0, out=rhs[4])
-        lo, hi = xyz.min(1).tolist(), xyz.max(1).tolist()
-        centre = [0.5 * (a + b) for a, b in zip(lo, hi, strict=True)]
-        look = positions + look_distance * forwards
-        return cls(positions, forwards, matrices, look, centre, 0.5 * math.dist(lo, hi), rhs)
+        xyz = np.asarray(positions, dtype=np.float64).T
+        rows = np.zeros((16, xyz.shape[1]))  # the rows of _frame_layout
+        rows[0:6:2] = xyz + look_distance * np.asarray(forwards, dtype=np.float64).T
+        rows[1:6:2] = xyz
+        rows[6:8] = 1.0
+        rows[10:13] = xyz
+        rows[13:16] = -xyz
+        return cls._from_rows(rows, positions, forwards, matrices)
+
+    @classmethod
+    def _from_rows(
+        cls, rows: np.ndarray, positions: np.ndarray, forwards: np.ndarray, matrices: np.ndarray
+    ) -> ChunkQuery:
+        """Finish a chunk from its ``(16, L)`` rows of :func:`_frame_layout` (squared norms still
+        to fill in)."""
+        n = rows.shape[1]
+        squares = rows[:6] * rows[:6]  # |look|^2, |p|^2 into rows 8, 9
+        np.add(squares[0:2], squares[2:4], out=rows[8:10])
+        np.add(rows[8:10], squares[4:6], out=rows[8:10])
+        box = rows[10:16].min(1).tolist()  # [min x, y, z, -max x, y, z] in one reduction
+        lo, hi = box[:3], [-v for v in box[3:]]
+        frame_rhs = np.ascontiguousarray(rows[:10].T).reshape(n, 5, 2)
+        return cls(
+            positions,
+            forwards,
+            matrices,
+            frame_rhs[:, :3, 0],
+            [0.5 * (a + b) for a, b in zip(lo, hi, strict=True)],
+            0.5 * math.dist(lo, hi),
+            rows[1:10:2],  # x, y, z, 1, |p|^2: contiguous rows
+            frame_rhs,
+        )
 
 
 class Retriever:
@@ -243,10 +271,20 @@ class Retriever:
         self.cache = DepthCache() if cache is None else cache
         self._kdtree = db.kdtree
         self._block = db.views_per_panorama  # views of panorama p: block*p .. block*p + block - 1
-        self._records = _panorama_records(db.panorama_positions)
+        self._panorama_positions = db.panorama_positions
         self._forwards = db.view_forwards
-        if self._block is not None:
-            self._forward_blocks = self._forwards.reshape(-1, self._block, 3)
+        # The angle test `f . u >= cos |u|` becomes `(f / cos) . u >= |u|` when cos > 0 (folded
+        # into the records' view rows, which only uniform layouts have).
+        self._scaled = self.cos_max_angle > 0.0 and self._block is not None
+        blocks = None if self._block is None else self._forwards.reshape(-1, self._block, 3)
+        scale = 1.0 / self.cos_max_angle if self._scaled else 1.0
+        self._records = _panorama_records(db.panorama_positions, blocks, scale)
+        self._layout = _frame_layout(self.look_distance)
+        self._from_quaternions = np.vstack(
+            [_MATRIX_OF_QUATERNION, self._layout.T @ _MATRIX_OF_QUATERNION]
+        )
+        if self._block is not None:  # flat index into (panoramas, block) -> (row, slot)
+            self._row_of, self._slot_of = np.divmod(np.arange(_SLOTS * self._block), self._block)
         db.panorama_views(np.empty(0, np.int64))  # build that map now, not in the first query
 
     # --- public API -----------------------------------------------------------------------------
@@ -305,10 +343,18 @@ class Retriever:
         """
         if isinstance(trajectory, ChunkQuery):
             return trajectory
-        matrices = _chunk_matrices(trajectory)
-        return ChunkQuery.build(
-            matrices[:, :3, 3].copy(), matrices[:, :3, 2].copy(), matrices, self.look_distance
-        )
+        if isinstance(trajectory, Trajectory):
+            # One matmul of the quaternions' products and positions gives the matrices and the
+            # stage-1 rows (Trajectory.matrices alone costs several times the whole layout).
+            rows = self._from_quaternions @ _quaternion_features(trajectory)
+            n = rows.shape[1]
+            matrices = np.ascontiguousarray(rows[:16].T).reshape(n, 4, 4)
+            positions = trajectory.positions
+        else:
+            matrices = _chunk_matrices(trajectory)
+            rows = self._layout.T @ matrices.reshape(-1, 16).T
+            positions = matrices[:, :3, 3]
+        return ChunkQuery._from_rows(rows[-16:], positions, matrices[:, :3, 2], matrices)
 
     def stage1(
         self,
@@ -390,70 +436,87 @@ class Retriever:
         exclude_codes: np.ndarray | None,
         window: tuple[int, int] | None,
     ) -> Candidates:
-        """Candidate views of the panoramas near ``chunk`` that face what it sees."""
-        panos, records, frame, dist2 = self._near_panoramas(chunk)
-        if exclude_codes is not None or window is not None:
-            keep = np.ones(panos.size, dtype=bool)
-            if exclude_codes is not None:
-                keep &= ~np.isin(self.db.panorama_traversal[panos], exclude_codes)
-            if window is not None:
-                keep &= np.abs(self.db.panorama_times[panos] - window[0]) > window[1]
-            panos, records, frame, dist2 = panos[keep], records[keep], frame[keep], dist2[keep]
-        if panos.size == 0:
-            return _no_candidates()
-        return self._facing_views(chunk, panos, records, frame, dist2)
+        """Candidate views of the panoramas near ``chunk`` that face what it sees.
 
-    def _near_panoramas(
-        self, chunk: ChunkQuery
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Panoramas within ``radius`` of some frame, nearest first.
-
-        One ball query around the frames' bounding sphere gathers a superset; an exact
-        panorama x frame distance matrix then keeps those within ``radius`` of some frame.
-
-        Returns:
-            ``(panoramas, records, frame, dist2)``: panorama indices ``(n,)`` sorted by distance,
-            their rows of the record table ``(n, K)``, the nearest frame of each ``(n,)`` and the
-            squared distance to it ``(n,)``.
+        One ball query around the frames' bounding sphere gathers a superset (sorted, so that
+        equal distances fall back to view id order); one gather of the panoramas' records and a
+        matmul with the frames give the panorama x frame squared distances, hence each panorama's
+        nearest frame; a second (batched) matmul of the records with that frame's columns gives,
+        per panorama, the squared distances to the frame and to its look point and every view's
+        ``forward . (look - panorama)``. A view is kept when that passes the angle test and its
+        panorama lies within ``radius``; panoramas are sorted by distance (stable, so equal
+        distances keep the ascending index order of the ball query) and the first
+        ``max_candidates`` facing views taken in that order.
         """
         found = self._kdtree.query_ball_point(
-            chunk.centre, self.radius + chunk.half_diagonal, return_sorted=False
+            chunk.centre, self.radius + chunk.half_diagonal, return_sorted=True
         )
+        if not found:
+            return _no_candidates()
         panos = np.array(found, dtype=np.int64)
-        records = self._records[panos]  # one gather: distance row and position
-        d2 = records[:, :5] @ chunk.distance_rhs  # (n, L) squared distances
-        frame = d2.argmin(1)
-        dist2 = d2[np.arange(panos.size), frame]
-        order = np.argsort(dist2, kind="stable")
-        dist2 = dist2[order]
-        inside = order[: np.searchsorted(dist2, self.radius * self.radius, side="right")]
-        return panos[inside], records[inside], frame[inside], dist2[: inside.size]
+        if exclude_codes is not None or window is not None:
+            panos = panos[self._allowed(panos, exclude_codes, window)]
+            if panos.size == 0:
+                return _no_candidates()
+        # ndarray.take: a third of the cost of fancy indexing when gathering rows of a 3-d array
+        records = self._records.take(panos, 0)  # (n, 1 + block, 5)
+        # nearest frame of each panorama (np.dot: a fraction of the @ dispatch cost on tiny arrays)
+        frame = np.dot(records[:, 0], chunk.distance_rhs).argmin(1)
+        # (n, 1 + block, 2): [0] = (|look - p|^2, |frame - p|^2); [1:, 0] = forward . (look - p)
+        tests = np.matmul(records, chunk.frame_rhs.take(frame, 0))
+        # (n, 1) |look - p|; the expanded square can dip just below 0 at the look point
+        threshold = np.sqrt(np.maximum(tests[:, :1, 0], 0.0))
+        if not self._scaled:
+            threshold *= self.cos_max_angle
+        if self._block is None:
+            return self._ragged_views(chunk, panos, frame, tests, threshold[:, 0])
+        facing = tests[:, 1:, 0] >= threshold  # (n, block)
+        dist2 = tests[:, 0, 1]
+        order = dist2.argsort(kind="stable")  # panoramas nearest first (ties: ascending index)
+        # flat (rank, slot) indices of the facing views in (distance, view id) order
+        picked = facing.take(order, 0).ravel().nonzero()[0][: self.max_candidates]
+        if panos.size <= _SLOTS:
+            rank, slot = self._row_of[picked], self._slot_of[picked]
+        else:
+            rank, slot = np.divmod(picked, self._block)
+        row = order[rank]
+        dist2 = dist2[row]
+        if dist2.size and dist2[-1] > self.radius * self.radius:  # fewer in range than the cap
+            inside = int(np.searchsorted(dist2, self.radius * self.radius, side="right"))
+            row, slot, dist2 = row[:inside], slot[:inside], dist2[:inside]
+        panos = panos[row]
+        return Candidates(panos * self._block + slot, panos, frame[row], _sqrt(dist2))
 
-    def _facing_views(
+    def _allowed(
+        self, panos: np.ndarray, exclude_codes: np.ndarray | None, window: tuple[int, int] | None
+    ) -> np.ndarray:
+        """Mask of ``panos`` not excluded by traversal or capture time."""
+        keep = np.ones(panos.size, dtype=bool)
+        if exclude_codes is not None:
+            keep &= ~np.isin(self.db.panorama_traversal[panos], exclude_codes)
+        if window is not None:
+            keep &= np.abs(self.db.panorama_times[panos] - window[0]) > window[1]
+        return keep
+
+    def _ragged_views(
         self,
         chunk: ChunkQuery,
         panos: np.ndarray,
-        records: np.ndarray,
         frame: np.ndarray,
-        dist2: np.ndarray,
+        tests: np.ndarray,
+        threshold: np.ndarray,
     ) -> Candidates:
-        """Views of ``panos`` (nearest first) whose optical axis is within ``max_angle`` of the
-        direction from their panorama to the look point of its nearest frame; the first
-        ``max_candidates`` in (distance, view id) order."""
-        to_look = chunk.look[frame] - records[:, 5:8]  # (n, 3) panorama -> look point
-        threshold = self.cos_max_angle * np.sqrt((to_look * to_look).sum(1))
-        if self._block is not None:
-            along = np.matmul(self._forward_blocks[panos], to_look[:, :, None])[:, :, 0]
-            picked = np.flatnonzero(along >= threshold[:, None])[: self.max_candidates]
-            owner, k = np.divmod(picked, self._block)
-            views = panos[owner] * self._block + k
-        else:
-            views, owner = self.db.panorama_views(panos)
-            along = np.einsum("mk,mk->m", self._forwards[views], to_look[owner])
-            picked = np.flatnonzero(along >= threshold[owner])[: self.max_candidates]
-            views, owner = views[picked], owner[picked]
-        distance = np.sqrt(np.maximum(dist2[owner], 0.0))  # the matmul can dip just below 0
-        return Candidates(views, panos[owner], frame[owner], distance)
+        """:meth:`_stage1`'s view selection when panoramas hold varying, scattered view ids."""
+        views, owner = self.db.panorama_views(panos)
+        to_look = chunk.look[frame] - self._panorama_positions[panos]  # (n, 3)
+        along = np.einsum("mk,mk->m", self._forwards[views], to_look[owner])
+        key = np.where(along >= threshold[owner], tests[owner, 0, 1], np.inf)
+        picked = np.lexsort((views, key))[: self.max_candidates]
+        dist2 = key[picked]
+        inside = int(np.searchsorted(dist2, self.radius * self.radius, side="right"))
+        picked, dist2 = picked[:inside], dist2[:inside]
+        row = owner[picked]
+        return Candidates(views[picked], panos[row], frame[row], _sqrt(dist2))
 
     def _depth(self, view_id: int) -> np.ndarray:
         """Low-resolution depth of a view, through the cache."""
@@ -508,22 +571,101 @@ class Retriever:
         return self._reference(first, score, 0)
 
 
-def _panorama_records(positions: np.ndarray) -> np.ndarray:
-    """Per-panorama rows for stage 1, so that one gather fetches what the distance test needs.
+_SLOTS = 4096
+"""Ball queries with up to this many panoramas decode flat (panorama, view) indices by lookup."""
 
-    Args:
-        positions: Panorama positions ``(P, 3)``.
 
-    Returns:
-        ``(P, 8)`` float64: ``[-2x, -2y, -2z, |p|^2, 1]`` (``row @ [q; 1; |q|^2] = |p - q|^2``),
-        then ``x, y, z``.
+def _sqrt(d2: np.ndarray) -> np.ndarray:
+    """``sqrt(max(d2, 0))`` in place (the expanded squared distance can dip just below 0)."""
+    np.maximum(d2, 0.0, out=d2)
+    return np.sqrt(d2, out=d2)
+
+
+def _panorama_records(
+    positions: np.ndarray, forward_blocks: np.ndarray | None, scale: float
+) -> np.ndarray:
+    """Per-panorama rows for stage 1 ``(P, 1 + c, 5)`` float64 (``(P, 1, 5)`` without blocks).
+
+    Row 0 is ``[-2p, |p|^2, 1]``: times a column ``[q, 1, |q|^2]`` it gives ``|p - q|^2``. Rows
+    ``1..c`` are ``scale * [f, -f . p, 0]`` for the optical axis ``f`` of each of the panorama's
+    ``c`` views (``forward_blocks`` ``(P, c, 3)``): times ``[q, 1, |q|^2]`` they give
+    ``scale * f . (q - p)``. So one gather and one matmul per query do the distance and angle
+    tests of a set of panoramas.
     """
-    records = np.empty((positions.shape[0], 8))
-    records[:, :3] = -2.0 * positions
-    records[:, 3] = (positions * positions).sum(1)
-    records[:, 4] = 1.0
-    records[:, 5:8] = positions
+    c = 0 if forward_blocks is None else forward_blocks.shape[1]
+    records = np.empty((positions.shape[0], 1 + c, 5))  # filled in place: 432 MB at 1.2M
+    row = records[:, 0]
+    np.multiply(positions, -2.0, out=row[:, :3])
+    np.einsum("pk,pk->p", positions, positions, out=row[:, 3])
+    row[:, 4] = 1.0
+    if forward_blocks is not None:
+        views = records[:, 1:]
+        np.multiply(forward_blocks, scale, out=views[..., :3])
+        np.einsum("pvk,pk->pv", views[..., :3], positions, out=views[..., 3])
+        np.negative(views[..., 3], out=views[..., 3])
+        views[..., 4] = 0.0
     return records
+
+
+def _frame_layout(look_distance: float) -> np.ndarray:
+    """``(16, 16)``: a flattened camera-to-world matrix times this is a frame's stage-1 row.
+
+    Columns: ``look_x, p_x, look_y, p_y, look_z, p_z, 1, 1`` (so that ``[:10]`` reshaped to
+    ``(5, 2)`` is the frame's ``[look, 1, |look|^2]`` and ``[p, 1, |p|^2]`` once columns 8 and 9
+    hold the squared norms), ``0, 0`` (for them), then ``p`` and ``-p`` (for the bounding box).
+    Flat matrix index ``4 i + j``: the position is ``3, 7, 11``, the optical axis (third column)
+    ``2, 6, 10``, the homogeneous 1 is ``15``.
+    """
+    layout = np.zeros((16, 16))
+    for axis in range(3):
+        pos, fwd = 4 * axis + 3, 4 * axis + 2
+        layout[pos, 2 * axis] = 1.0
+        layout[fwd, 2 * axis] = look_distance
+        layout[pos, 2 * axis + 1] = 1.0
+        layout[pos, 10 + axis] = 1.0
+        layout[pos, 13 + axis] = -1.0
+    layout[15, 6:8] = 1.0
+    return layout
+
+
+def _matrix_of_quaternion() -> np.ndarray:
+    """``(16, 20)``: times the features of :func:`_quaternion_features` (products ``q_a q_b`` of
+    a unit wxyz quaternion, position, 1), the flattened camera-to-world matrix."""
+    w, x, y, z = range(4)
+    entries = {  # matrix entry (i, j) -> {(a, b): coefficient of q_a q_b}
+        (0, 0): {(w, w): 1, (x, x): 1, (y, y): -1, (z, z): -1},
+        (0, 1): {(x, y): 1, (y, x): 1, (w, z): -1, (z, w): -1},
+        (0, 2): {(x, z): 1, (z, x): 1, (w, y): 1, (y, w): 1},
+        (1, 0): {(x, y): 1, (y, x): 1, (w, z): 1, (z, w): 1},
+        (1, 1): {(w, w): 1, (x, x): -1, (y, y): 1, (z, z): -1},
+        (1, 2): {(y, z): 1, (z, y): 1, (w, x): -1, (x, w): -1},
+        (2, 0): {(x, z): 1, (z, x): 1, (w, y): -1, (y, w): -1},
+        (2, 1): {(y, z): 1, (z, y): 1, (w, x): 1, (x, w): 1},
+        (2, 2): {(w, w): 1, (x, x): -1, (y, y): -1, (z, z): 1},
+    }
+    table = np.zeros((16, 20))
+    for (i, j), terms in entries.items():
+        for (a, b), coefficient in terms.items():
+            table[4 * i + j, 4 * a + b] = coefficient
+    for axis in range(3):
+        table[4 * axis + 3, 16 + axis] = 1.0
+    table[15, 19] = 1.0
+    return table
+
+
+_MATRIX_OF_QUATERNION = _matrix_of_quaternion()
+
+
+def _quaternion_features(trajectory: Trajectory) -> np.ndarray:
+    """``(20, L)``: rows ``q_a q_b`` (``4 a + b``, all 16 products), ``x, y, z``, ``1`` (a
+    Trajectory's quaternions are normalised when it is built)."""
+    q = trajectory.rotations.view(np.float64).reshape(-1, 4).T  # (4, L) wxyz, unit
+    n = q.shape[1]
+    features = np.empty((20, n))
+    np.multiply(q[:, None], q[None, :], out=features[:16].reshape(4, 4, n))
+    features[16:19] = trajectory.positions.T
+    features[19] = 1.0
+    return features
 
 
 def _chunk_matrices(trajectory: Trajectory | Sequence[Pose]) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 import quaternion
 
 from cityenv.citydb.reader import CityDB
-from cityenv.citydb.retrieval import Candidates, DepthCache, Retriever
+from cityenv.citydb.retrieval import Candidates, ChunkQuery, DepthCache, Retriever
 from cityenv.citydb.writer import CityDBWriter
 from cityenv.errors import InvalidPoseError, ShapeMismatchError
 from cityenv.geometry.camera import PinholeCamera
@@ -59,7 +59,8 @@ def _view_panorama(rng, count, layout):
 
 @pytest.mark.parametrize("layout", ["uniform", "ragged"])
 @pytest.mark.parametrize("cap", [16, 100_000])
-def test_stage1_equals_brute_force(tools, tmp_path, layout, cap):
+@pytest.mark.parametrize("angle", [70.0, 120.0])  # cos > 0 is folded into the records
+def test_stage1_equals_brute_force(tools, tmp_path, layout, cap, angle):
     rng = np.random.default_rng(10)
     count, extent = 400, 300.0
     positions = rng.uniform(-extent / 2, extent / 2, (count, 3)) * [1.0, 1.0, 0.01]
@@ -70,20 +71,71 @@ def test_stage1_equals_brute_force(tools, tmp_path, layout, cap):
     )
     db = CityDB.open(path)
     assert (db.views_per_panorama == 8) == (layout == "uniform")
-    retriever = Retriever(db, radius=25.0, max_candidates=cap, max_angle_deg=70.0)
+    retriever = Retriever(db, radius=25.0, max_candidates=cap, max_angle_deg=angle)
     rotations = quaternion.from_float_array(db.rotations.astype(np.float64))
     view_forwards = quaternion.as_rotation_matrix(rotations)[:, :, 2]  # not db.view_forwards
     nonempty = 0
     for _ in range(25):
         poses = _random_chunk(rng, extent)
         got = retriever.stage1(poses)
-        want = _brute_force(db, view_forwards, poses, 25.0, 70.0, retriever.look_distance, cap)
+        want = _brute_force(db, view_forwards, poses, 25.0, angle, retriever.look_distance, cap)
         assert got.view_ids.tolist() == [w[1] for w in want]
         assert got.panorama_index.tolist() == [w[2] for w in want]
         assert got.frame_index.tolist() == [w[3] for w in want]
         np.testing.assert_allclose(got.distance, [w[0] for w in want], atol=1e-6)
         nonempty += bool(want)
+        same = retriever.stage1(Trajectory.from_poses(poses))  # the quaternion layout path
+        assert same.view_ids.tolist() == got.view_ids.tolist()
+        assert same.frame_index.tolist() == got.frame_index.tolist()
     assert nonempty >= 10  # the queries exercised real candidate sets
+
+
+def test_stage1_orders_equal_distances_by_view_id(tools, tmp_path):
+    """Panoramas captured at the same place (several traversals) tie on distance."""
+    rng = np.random.default_rng(3)
+    spots = rng.uniform(-20.0, 20.0, (6, 3)) * [1.0, 1.0, 0.0]
+    positions = spots[rng.permutation(np.repeat(np.arange(6), 3))]  # 3 panoramas per spot
+    view_panorama, headings = tools.eight_view_layout(positions.shape[0], rng)
+    path = tools.build_index_db(
+        tmp_path / "db", positions, view_panorama, headings, tools.small_camera()
+    )
+    db = CityDB.open(path)
+    rotations = quaternion.from_float_array(db.rotations.astype(np.float64))
+    view_forwards = quaternion.as_rotation_matrix(rotations)[:, :, 2]
+    retriever = Retriever(db, radius=30.0, max_candidates=40)
+    for heading in (0.0, 90.0, 200.0):
+        poses = [Pose.from_heading([1.0, 2.0, 0.0], heading)]
+        got = retriever.stage1(poses)
+        want = _brute_force(db, view_forwards, poses, 30.0, 60.0, retriever.look_distance, 40)
+        assert len(want) == 40
+        assert got.view_ids.tolist() == [w[1] for w in want]
+
+
+def test_prepare_lays_out_trajectories_and_pose_lists_alike(tools, tmp_path):
+    rng = np.random.default_rng(4)
+    db = _plane_db(tools, tmp_path / "db", PinholeCamera.from_fov(64, 64, 90.0), faces=[0.0])
+    retriever = Retriever(db, look_distance=7.0)
+    for _ in range(10):
+        poses = _random_chunk(rng, 500.0)
+        trajectory = Trajectory.from_poses(poses)
+        a, b = retriever.prepare(trajectory), retriever.prepare(poses)
+        np.testing.assert_allclose(a.matrices, trajectory.matrices, atol=1e-12)
+        positions = np.stack([p.position for p in poses])
+        forwards = np.stack([p.forward for p in poses])
+        c = ChunkQuery.build(positions, forwards, b.matrices, 7.0)
+        for q in (a, b, c):
+            np.testing.assert_allclose(q.positions, positions, atol=1e-12)
+            np.testing.assert_allclose(q.forwards, forwards, atol=1e-12)
+            np.testing.assert_allclose(q.look, positions + 7.0 * forwards, atol=1e-9)
+            lo, hi = positions.min(0), positions.max(0)
+            np.testing.assert_allclose(q.centre, (lo + hi) / 2, atol=1e-12)
+            assert q.half_diagonal == pytest.approx(np.linalg.norm(hi - lo) / 2)
+            rhs = np.concatenate([positions.T, np.ones((1, len(poses))), [(positions**2).sum(1)]])
+            np.testing.assert_allclose(q.distance_rhs, rhs, rtol=1e-12)
+            np.testing.assert_allclose(q.frame_rhs[:, :, 1], rhs.T, rtol=1e-12)
+            look = positions + 7.0 * forwards
+            np.testing.assert_allclose(q.frame_rhs[:, 3:, 0], [[1.0, (v**2).sum()] for v in look])
+        assert retriever.prepare(a) is a
 
 
 def _plane_db(tools, path, tmp_camera, faces, traversals=None, times_us=None):
