@@ -449,11 +449,12 @@ class Retriever:
         ``max_candidates`` facing views taken in that order.
         """
         found = self._kdtree.query_ball_point(
-            chunk.centre, self.radius + chunk.half_diagonal, return_sorted=True
+            chunk.centre, self.radius + chunk.half_diagonal, return_sorted=False
         )
         if not found:
             return _no_candidates()
-        panos = np.array(found, dtype=np.int64)
+        # sorted here: cKDTree's own return_sorted costs several times this sort
+        panos = np.sort(np.array(found, dtype=np.int64))
         if exclude_codes is not None or window is not None:
             panos = panos[self._allowed(panos, exclude_codes, window)]
             if panos.size == 0:
