@@ -14,8 +14,9 @@ torch; only the retrieval module (stage 2 reprojection) does.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cityenv._lazy import lazy_namespace
 
 if TYPE_CHECKING:
     from cityenv.citydb.ingest import IngestStats, PanoramaRow, ingest_panoramas, read_panorama_csv
@@ -67,12 +68,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'cityenv.citydb' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"cityenv.citydb.{home}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_namespace(__name__, _HOMES, __all__)

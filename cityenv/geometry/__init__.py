@@ -10,8 +10,9 @@ render workers, say) does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cityenv._lazy import lazy_namespace
 
 if TYPE_CHECKING:
     from cityenv.geometry.camera import PinholeCamera
@@ -63,12 +64,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'cityenv.geometry' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"cityenv.geometry.{home}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_namespace(__name__, _HOMES, __all__)
