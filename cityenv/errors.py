@@ -67,6 +67,11 @@ class UnknownNameError(CityEnvError, ValueError):
     """A name (weather, backend, city, preset) is not one of the known ones; says "did you mean"."""
 
 
+# --- models -------------------------------------------------------------------------------
+class CheckpointError(CityEnvError, ValueError):
+    """A model folder is missing a part, describes another model, or holds pickled weights."""
+
+
 # --- environment ----------------------------------------------------------------------------
 class InvalidActionError(CityEnvError, ValueError):
     """An action is outside the action space or holds NaN/inf values."""

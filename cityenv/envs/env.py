@@ -83,8 +83,15 @@ class CityWorldEnv(gym.Env):
         city: ``"town"`` (built-in, generated on first use), ``"seoul"``, ``"busan"`` or
             ``"annarbor"`` (found under ``$CITYENV_DATA``); used when ``city_db`` is ``None``
             (default ``"town"``).
-        world_model: ``"warp"`` (:class:`~cityenv.worldmodel.warp.WarpWorldModel`), a
-            ``"module:Class"`` path, a :class:`WorldModel` or a callable returning one.
+        world_model: ``"warp"`` (:class:`~cityenv.worldmodel.warp.WarpWorldModel`),
+            ``"diffusion"`` (:class:`~cityenv.worldmodel.diffusion.DiffusionWorldModel`, built
+            by :meth:`~cityenv.worldmodel.diffusion.DiffusionWorldModel.create` from
+            ``world_model_options``), a ``"module:Class"`` path, a :class:`WorldModel` or a
+            callable returning one.
+        world_model_options: Keyword arguments of the world model's constructor (for
+            ``"diffusion"``: ``path`` of a saved model, or ``preset`` + ``seed`` for random
+            weights, ``device``, and :class:`~cityenv.worldmodel.diffusion.RolloutSettings`
+            overrides).
         width: Frame width, pixels.
         height: Frame height, pixels.
         fov_deg: Horizontal field of view, degrees.
@@ -125,6 +132,7 @@ class CityWorldEnv(gym.Env):
         *,
         city: str | None = None,
         world_model: str | WorldModel | Callable[[], WorldModel] = "warp",
+        world_model_options: Mapping[str, Any] | None = None,
         width: int = 256,
         height: int = 256,
         fov_deg: float = 90.0,
@@ -155,7 +163,8 @@ class CityWorldEnv(gym.Env):
         self.action_mode, self.observe, self.full_info = action_mode, observe, bool(full_info)
         self.action_adapter = _adapter(action_mode, chunk_length, fps, max_speed, action_options)
         self.task: NavigationTask = make_task(task, **dict(task_options or {}))
-        self.world_model = _make_world_model(world_model)
+        self.world_model = _make_world_model(world_model, world_model_options)
+        self.world_model.check_settings(self.camera, self.chunk_length)
         self.retriever, self.retrieval_k, self.exclude_traversals = _retriever(self.db, retrieval)
         self.loader = ReferenceLoader(self.db)
         self.start_radius_m = float(start_radius_m)
@@ -485,18 +494,30 @@ def _adapter(
     return make_action_adapter(mode, chunk_length, fps, **{**defaults, **dict(options or {})})
 
 
-def _make_world_model(spec: str | WorldModel | Callable[[], WorldModel]) -> WorldModel:
+_WORLD_MODELS = {
+    "warp": "cityenv.worldmodel.warp:WarpWorldModel",
+    "diffusion": "cityenv.worldmodel.diffusion:DiffusionWorldModel.create",
+}
+
+
+def _make_world_model(
+    spec: str | WorldModel | Callable[[], WorldModel], options: Mapping[str, Any] | None
+) -> WorldModel:
     if isinstance(spec, WorldModel):
         return spec
     if isinstance(spec, str):
-        path = "cityenv.worldmodel.warp:WarpWorldModel" if spec == "warp" else spec
+        path = _WORLD_MODELS.get(spec, spec)
         module, _, name = path.partition(":")
         if not name:
             raise ValueError(
-                f"world_model must be 'warp' or 'package.module:ClassName', got {spec!r}."
+                f"world_model must be one of {tuple(_WORLD_MODELS)} or "
+                f"'package.module:ClassName', got {spec!r}."
             )
-        return getattr(importlib.import_module(module), name)()
-    model = spec()
+        factory: Any = importlib.import_module(module)
+        for part in name.split("."):
+            factory = getattr(factory, part)
+        spec = factory
+    model = spec(**dict(options or {}))
     if not isinstance(model, WorldModel):
         raise TypeError(f"world_model must build a WorldModel, got {type(model).__name__}.")
     return model

@@ -177,6 +177,13 @@ class WorldModel(ABC):
             The frames and what the model used.
         """
 
+    def check_settings(self, camera: PinholeCamera, chunk_length: int) -> None:  # noqa: B027
+        """Raise early if the model cannot generate chunks of ``chunk_length`` frames of
+        ``camera``'s size (a clear error at construction rather than at the first step).
+
+        The default accepts everything.
+        """
+
     def set_prompt(self, prompt: str | None) -> None:
         """Change the text prompt from the next chunk on (models that ignore prompts keep it)."""
         self.prompt = prompt

@@ -1,0 +1,48 @@
+"""The environment with the diffusion world model (the tiny preset, random weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cityenv.errors import ShapeMismatchError
+from cityenv.worldmodel.diffusion import DiffusionWorldModel
+
+OPTIONS = {"preset": "tiny", "device": "cpu"}
+
+
+def test_episode_with_the_diffusion_world_model(make_env) -> None:
+    with pytest.warns(UserWarning, match="random weights of the 'tiny' preset"):
+        env = make_env(
+            world_model="diffusion", world_model_options=OPTIONS, chunk_length=8, observe="chunk"
+        )
+    assert isinstance(env.world_model, DiffusionWorldModel)
+    obs, info = env.reset(seed=0, options={"prompt": "a flooded street"})
+    assert obs["frames"].shape == (8, 64, 64, 3)
+    for _ in range(2):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert obs["frames"].shape == (8, 64, 64, 3) and obs["frames"].dtype == np.uint8
+        assert np.isfinite(reward)
+    output = env.last_step.output
+    assert output.info["references_used"] > 0 and output.info["prompt_used"]
+    assert output.info["history"] == 3
+    assert output.warps.shape == (8, 64, 64, 3)
+    assert output.masks.any()  # the nearest reference was splatted: geometric referencing ran
+
+
+def test_same_seed_same_episode(make_env) -> None:
+    runs = []
+    for _ in range(2):
+        with pytest.warns(UserWarning):
+            env = make_env(world_model="diffusion", world_model_options=OPTIONS, chunk_length=4)
+        env.reset(seed=5)
+        env.action_space.seed(5)
+        runs.append(env.step(env.action_space.sample())[0]["frames"])
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_chunk_length_must_fit_the_vae(make_env) -> None:
+    with pytest.warns(UserWarning), pytest.raises(ShapeMismatchError, match="chunk_length to 4, 8"):
+        make_env(world_model="diffusion", world_model_options=OPTIONS, chunk_length=6)
+    with pytest.warns(UserWarning), pytest.raises(ShapeMismatchError, match="got 72x64"):
+        make_env(world_model="diffusion", world_model_options=OPTIONS, width=72)

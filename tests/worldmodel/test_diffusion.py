@@ -1,0 +1,246 @@
+"""DiffusionWorldModel (tiny preset): chunks, determinism, save/load, CFG drops, keyframes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+from carla_tools.town import ProceduralTown
+from cityenv.errors import CheckpointError, ShapeMismatchError, UnknownNameError
+from cityenv.geometry.camera import PinholeCamera
+from cityenv.geometry.pose import Pose, Trajectory
+from cityenv.worldmodel.base import ChunkReferences, ReferenceView
+from cityenv.worldmodel.diffusion import DiffusionWorldModel, load_preset
+
+CAMERA = PinholeCamera.from_fov(64, 64, 90.0)
+L = 8  # frames per chunk: 2 latents
+
+
+@pytest.fixture(scope="module")
+def model() -> DiffusionWorldModel:
+    return DiffusionWorldModel.from_preset("tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def scene() -> tuple[Pose, list[ReferenceView]]:
+    """A street pose and two rendered references of the procedural town, 10 m apart."""
+    with ProceduralTown(seed=0, blocks=(1, 1), vehicle_density=0, pedestrian_density=0) as town:
+        lane = next(la for la in town.road_network().lanes if la.entry >= 0 and la.exit >= 0)
+        a, b = lane.waypoints[2], lane.waypoints[3]
+        heading = float(np.degrees(np.arctan2(b[0] - a[0], b[1] - a[1])))
+        start = Pose.from_heading(a + [0.0, 0.0, 1.6], heading)
+        views = []
+        for i, metres in enumerate((0.0, 10.0)):
+            pose = ahead(start, metres)
+            rgb, depth, _ = town.render(CAMERA, pose)
+            views.append(ReferenceView(i, rgb, depth, CAMERA, pose, "t0"))
+    return start, views
+
+
+def ahead(pose: Pose, metres: float) -> Pose:
+    return Pose.from_heading(pose.position + metres * pose.forward, pose.heading_deg)
+
+
+def chunk(start: Pose, index: int, length: int = L) -> Trajectory:
+    poses = [ahead(start, 0.5 * (index * length + i + 1)) for i in range(length)]
+    return Trajectory.from_poses(
+        poses, timestamps=0.1 * (index * length + np.arange(1, length + 1))
+    )
+
+
+def refs(views: list[ReferenceView], length: int = L) -> ChunkReferences:
+    return ChunkReferences(views, np.zeros(length, np.int64), views[1])
+
+
+def rollout(
+    model: DiffusionWorldModel, scene, *, seed: int = 0, chunks: int = 2, prompt: str | None = None
+) -> list[np.ndarray]:
+    start, views = scene
+    first = model.reset(
+        pose=start,
+        camera=CAMERA,
+        references=refs(views, 1),
+        prompt=prompt,
+        generator=np.random.default_rng(seed),
+    )
+    return [first] + [model.generate(chunk(start, i), refs(views)).frames for i in range(chunks)]
+
+
+def test_tiny_preset_is_under_a_million_parameters(model: DiffusionWorldModel) -> None:
+    assert model.num_parameters < 1_000_000
+
+
+def test_chunks_have_the_interface_shapes(model: DiffusionWorldModel, scene) -> None:
+    start, views = scene
+    first = model.reset(pose=start, camera=CAMERA, references=refs(views, 1))
+    assert first.shape == (64, 64, 3) and first.dtype == np.uint8
+    assert model.reset_info["source"] == "references"  # no start image: warped references
+    histories = []
+    for i in range(3):
+        out = model.generate(chunk(start, i), refs(views))
+        assert out.frames.shape == (L, 64, 64, 3) and out.frames.dtype == np.uint8
+        assert out.warps.shape == (L, 64, 64, 3) and out.masks.shape == (L, 64, 64)
+        assert out.info["references_used"] == 2 and out.info["sink"]
+        histories.append(out.info["history"])
+    assert histories == [1, 3, 3]  # the start latent, then the last H = 3 latents
+    # tokens: (H + L/4 + sink + K) latent frames x (64/8/2)^2 tokens each
+    assert out.info["num_tokens"] == (3 + 2 + 1 + 2) * 16
+
+
+def test_seeded_rollouts_repeat_and_seeds_differ(model: DiffusionWorldModel, scene) -> None:
+    a = rollout(model, scene, seed=3)
+    b = rollout(DiffusionWorldModel.from_preset("tiny", device="cpu"), scene, seed=3)
+    c = rollout(model, scene, seed=4)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_save_and_load_round_trip(tmp_path, model: DiffusionWorldModel, scene) -> None:
+    folder = model.save_pretrained(tmp_path / "wm")
+    assert (folder / "config.json").is_file()
+    assert (folder / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (folder / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = DiffusionWorldModel.from_pretrained(folder, device="cpu")
+    assert loaded.settings == model.settings
+    for x, y in zip(rollout(model, scene), rollout(loaded, scene), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_pickled_and_foreign_folders_are_refused(tmp_path, model: DiffusionWorldModel) -> None:
+    folder = model.save_pretrained(tmp_path / "wm")
+    torch.save({"w": torch.zeros(1)}, folder / "transformer" / "diffusion_pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"pickled weights \(diffusion_pytorch_model.bin\)"):
+        DiffusionWorldModel.from_pretrained(folder)
+    with pytest.raises(CheckpointError, match="config.json"):
+        DiffusionWorldModel.from_pretrained(tmp_path / "nothing-here")
+
+
+def _sequence(model: DiffusionWorldModel, scene, references: ChunkReferences):
+    start, views = scene
+    model.reset(pose=start, camera=CAMERA, references=refs(views, 1), prompt="a flooded street")
+    trajectory = chunk(start, 0)
+    with torch.no_grad():
+        warped = model._warper.generate(trajectory, references)
+        return model._sequence(trajectory, references, warped, CAMERA)
+
+
+def _targets(model: DiffusionWorldModel, seq, latents: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model._velocity(seq, latents, torch.tensor(600.0))
+
+
+def test_each_guidance_drop_removes_only_its_condition(model: DiffusionWorldModel, scene) -> None:
+    seq = _sequence(model, scene, refs(scene[1]))
+    latents = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    full = _targets(model, seq, latents)
+    assert seq.text.abs().sum() > 0 and seq.warp is not None and seq.layout.references == 2
+
+    no_text = seq.drop(["text"])
+    assert torch.count_nonzero(no_text.text) == 0 and no_text.layout == seq.layout
+    no_refs = seq.drop(["references"])
+    assert no_refs.layout.references == 0 and not no_refs.layout.sink and no_refs.warp is not None
+    no_warp = seq.drop(["warp"])
+    assert no_warp.warp is None and no_warp.layout == seq.layout
+    for dropped in (no_text, no_refs, no_warp):
+        assert not torch.allclose(_targets(model, dropped, latents), full, atol=1e-5)
+    untouched = _targets(model, seq, latents)  # dropping copies: the sequence itself is intact
+    torch.testing.assert_close(untouched, full)
+
+
+def test_without_references_the_model_is_trajectory_only(model: DiffusionWorldModel, scene):
+    latents = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    dropped = _sequence(model, scene, refs(scene[1])).drop(["references", "warp"])
+    none = _sequence(model, scene, ChunkReferences.none(L))
+    assert none.warp is None and none.layout == dropped.layout
+    torch.testing.assert_close(_targets(model, dropped, latents), _targets(model, none, latents))
+
+
+def test_guidance_runs_the_unconditional_branch(scene) -> None:
+    counts = []
+    outputs = []
+    for scale in (1.0, 3.0):
+        wm = DiffusionWorldModel.from_preset("tiny", device="cpu", guidance_scale=scale)
+        calls = []
+        wm.transformer.register_forward_hook(lambda *args, calls=calls: calls.append(1))
+        outputs.append(rollout(wm, scene, chunks=1, prompt="golden sunset")[1])
+        counts.append(len(calls))
+    steps = load_preset("tiny")["rollout"]["num_inference_steps"]
+    assert counts == [steps, 2 * steps]
+    assert not np.array_equal(outputs[0], outputs[1])
+
+
+def test_prompt_changes_the_frames(model: DiffusionWorldModel, scene) -> None:
+    plain = rollout(model, scene, chunks=1)[1]
+    sunset = rollout(model, scene, chunks=1, prompt="golden sunset")[1]
+    assert not np.array_equal(plain, sunset)
+
+
+def test_freeze_frame_interpolation_keeps_keyframe_latents(model: DiffusionWorldModel, scene):
+    start, views = scene
+    model.reset(pose=start, camera=CAMERA, references=refs(views, 1))
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    trajectory = Trajectory.from_poses(
+        [ahead(start, 0.5 * i) for i in range(10)], timestamps=0.1 * np.arange(10)
+    )
+    video = model.interpolate(keys, [0, 5], trajectory)
+    assert video.shape == (10, 64, 64, 3) and video.dtype == np.uint8
+    # the keyframe latents stay clean while the sampler runs around them
+    with torch.no_grad():
+        clean = model._encode_keyframes(
+            torch.from_numpy(keys).permute(3, 0, 1, 2)[None] / 127.5 - 1
+        )
+        seq = model._sequence_parts(
+            np.repeat(trajectory.matrices[:1, None], 4, 1).repeat(3, 0),
+            ChunkReferences.none(10),
+            None,
+            CAMERA,
+            trajectory.matrices[0],
+            history=False,
+        )
+        seq.clean_targets = torch.tensor([True, False, True])
+        noise = torch.randn(1, 4, 3, 8, 8)
+        noise[:, :, seq.clean_targets] = clean
+        out = model._denoise(seq, noise.clone())
+    torch.testing.assert_close(out[:, :, seq.clean_targets], clean)
+    assert not torch.allclose(out[:, :, 1], noise[:, :, 1])
+
+
+def test_bad_inputs_say_what_to_do(model: DiffusionWorldModel, scene) -> None:
+    start, views = scene
+    with pytest.raises(ShapeMismatchError, match="multiples of 16 pixels, got 60x60"):
+        model.reset(
+            pose=start, camera=PinholeCamera.from_fov(60, 60, 90.0), references=refs(views, 1)
+        )
+    model.reset(pose=start, camera=CAMERA, references=refs(views, 1))
+    with pytest.raises(ShapeMismatchError, match="multiple of 4 frames .* got 6"):
+        model.generate(chunk(start, 0, 6), refs(views, 6))
+    with pytest.raises(UnknownNameError, match="Did you mean 'small'"):
+        DiffusionWorldModel.from_preset("smal")
+
+
+def test_from_wan_loads_a_local_diffusers_folder(tmp_path, scene) -> None:
+    torch.manual_seed(0)
+    wan = WanTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=4,
+        out_channels=4,
+        text_dim=16,
+        freq_dim=32,
+        ffn_dim=48,
+        num_layers=1,
+    )
+    wan.save_pretrained(tmp_path / "wan" / "transformer")
+    vae_cfg = {k: v for k, v in load_preset("tiny")["vae"].items()}
+    AutoencoderKLWan(**vae_cfg).save_pretrained(tmp_path / "wan" / "vae")
+    wm = DiffusionWorldModel.from_wan(tmp_path / "wan", preset="swm-sf", device="cpu")
+    assert wm.settings.history == 3 and wm.settings.max_references == 1
+    frames = rollout(wm, scene, chunks=1)
+    assert frames[1].shape == (L, 64, 64, 3)
+    torch.save({}, tmp_path / "wan" / "transformer" / "old.ckpt")
+    with pytest.raises(CheckpointError, match="pickled"):
+        DiffusionWorldModel.from_wan(tmp_path / "wan")
