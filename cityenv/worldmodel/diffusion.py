@@ -47,7 +47,7 @@ from cityenv.geometry.rays import plucker_rays
 from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, ReferenceView, WorldModel
 from cityenv.worldmodel.dit import CityDiT, SequenceLayout, sequence_positions
 from cityenv.worldmodel.freeze import plan_freeze_frames
-from cityenv.worldmodel.text import TextEncoder, make_text_encoder
+from cityenv.worldmodel.text import MiniLMTextEncoder, TextEncoder, make_text_encoder
 from cityenv.worldmodel.vae import PICKLED_WEIGHT_SUFFIXES, VideoVAE
 from cityenv.worldmodel.warp import WarpWorldModel
 
@@ -314,8 +314,8 @@ class DiffusionWorldModel(WorldModel):
             transformer = CityDiT(**cfg["transformer"])
             vae = VideoVAE.from_config(cfg["vae"])
         if torch_dtype is not None:
-            transformer = transformer.to(torch_dtype)
-            vae.vae.to(torch_dtype)
+            _cast(transformer, torch_dtype)
+            _cast(vae.vae, torch_dtype)
         return cls(
             transformer=transformer,
             vae=vae,
@@ -448,15 +448,10 @@ class DiffusionWorldModel(WorldModel):
         self.transformer.save_pretrained(path / "transformer", safe_serialization=True)
         self.vae.vae.save_pretrained(path / "vae", safe_serialization=True)
         self.scheduler.save_pretrained(path / "scheduler")
-        spec = self._text_spec or {
-            "kind": self.text_encoder.kind,
-            "path": getattr(self.text_encoder, "path", None),
-            "max_length": self.text_encoder.max_length,
-        }
         meta = {
             "_class_name": type(self).__name__,
             "rollout": dataclasses.asdict(self.settings),
-            "text_encoder": {k: (str(v) if isinstance(v, Path) else v) for k, v in spec.items()},
+            "text_encoder": self._text_spec or _text_spec_of(self.text_encoder),
         }
         (path / "config.json").write_text(json.dumps(meta, indent=2))
         return path
@@ -503,6 +498,7 @@ class DiffusionWorldModel(WorldModel):
         )
         latent = self.vae.encode(_to_video(first[None], self.device, self._dtype))
         self._stream = _Stream()
+        self._ref_cache.clear()  # view ids are only unique within one database
         self._stream.push(latent, np.repeat(pose.matrix[None, None], 4, axis=1), self._keep)
         self._decoder.reset()
         with torch.no_grad():
@@ -651,9 +647,10 @@ class DiffusionWorldModel(WorldModel):
     def _encode_warp(self, warps: np.ndarray, masks: np.ndarray) -> torch.Tensor:
         """Warped video uint8 ``(L, H, W, 3)`` + masks ``(L, H, W)`` -> ``(1, z + 1, n, h, w)``."""
         latents = self.vae.encode_chunk(_to_video(warps, self.device, self._dtype))
-        mask = torch.from_numpy(masks).to(self.device, self._dtype)[None, None]
+        mask = torch.from_numpy(masks).to(self.device, torch.float32)[None, None]
         t, s = self.vae.temporal_ratio, self.vae.spatial_ratio
-        return torch.cat([latents, F.avg_pool3d(mask, (t, s, s))], dim=1)
+        pooled = F.avg_pool3d(mask, (t, s, s)).to(self._dtype)  # (no bf16 pooling on CPU)
+        return torch.cat([latents, pooled], dim=1)
 
     def _encode_reference(self, view: ReferenceView, camera: PinholeCamera) -> torch.Tensor:
         """One reference image resized to the target size -> ``(1, z, 1, h, w)`` (cached)."""
@@ -813,6 +810,22 @@ def _to_uint8(video: torch.Tensor) -> np.ndarray:
     """float ``(1, 3, T, H, W)`` in [-1, 1] -> uint8 ``(T, H, W, 3)``."""
     v = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return v.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def _text_spec_of(encoder: TextEncoder) -> dict[str, Any]:
+    """The :func:`make_text_encoder` arguments that load ``encoder`` again."""
+    if isinstance(encoder, MiniLMTextEncoder):  # the packaged model: no machine-specific path
+        return {"kind": "minilm", "path": None, "max_length": encoder.max_length}
+    return {"kind": "umt5", "path": str(encoder.path), "max_length": encoder.max_length}
+
+
+def _cast(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast a diffusers model to ``dtype`` in place, keeping its ``_keep_in_fp32_modules`` in
+    float32 (as ``from_pretrained(torch_dtype=...)`` does)."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not keep & set(name.split(".")):
+            tensor.data = tensor.data.to(dtype)
 
 
 def _refuse_pickles(path: Path) -> None:

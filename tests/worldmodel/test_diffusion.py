@@ -244,3 +244,29 @@ def test_from_wan_loads_a_local_diffusers_folder(tmp_path, scene) -> None:
     torch.save({}, tmp_path / "wan" / "transformer" / "old.ckpt")
     with pytest.raises(CheckpointError, match="pickled"):
         DiffusionWorldModel.from_wan(tmp_path / "wan")
+
+
+def test_bfloat16_keeps_wans_fp32_modules(scene) -> None:
+    wm = DiffusionWorldModel.from_preset("tiny", device="cpu", torch_dtype=torch.bfloat16)
+    dit = wm.transformer
+    assert dit.proj_out.weight.dtype == torch.bfloat16
+    assert dit.scale_shift_table.dtype == torch.float32
+    assert dit.rope.freqs_cos.dtype == torch.float32  # RoPE tables are not rounded to bf16
+    frames = rollout(wm, scene, chunks=1)[1]
+    assert frames.shape == (L, 64, 64, 3) and frames.dtype == np.uint8
+
+
+def test_a_loaded_text_encoder_is_recorded_by_kind(tmp_path) -> None:
+    from cityenv.worldmodel.text import make_text_encoder
+
+    tiny = DiffusionWorldModel.from_preset("tiny", device="cpu")
+    wm = DiffusionWorldModel(
+        transformer=tiny.transformer,
+        vae=tiny.vae,
+        scheduler=tiny.scheduler,
+        text_encoder=make_text_encoder("minilm", max_length=16),
+        settings=tiny.settings,
+        device="cpu",
+    )
+    loaded = DiffusionWorldModel.from_pretrained(wm.save_pretrained(tmp_path / "wm"))
+    assert loaded._text_spec == {"kind": "minilm", "path": None, "max_length": 16}
