@@ -206,7 +206,9 @@ class CityWorldEnv(gym.Env):
             seed: Seed of ``self.np_random`` (start, heading, goal sampling).
             options: ``prompt`` (str), ``start`` (a :class:`Pose`, a node id, or an ENU
                 ``(x, y)`` / ``(x, y, z)``; heading from ``heading_deg`` or along a road-graph
-                edge), ``heading_deg`` (float), ``goal`` (a node id or an ENU position).
+                edge), ``heading_deg`` (float), ``goal`` (a node id or an ENU position),
+                ``start_image`` (uint8 ``(h, w, 3)`` taken at the start: the world model carries
+                its weather and cars on; resized to the frame size).
 
         Returns:
             The observation and an info dict: ``start_node``, ``goal_node`` (-1 without a
@@ -228,6 +230,7 @@ class CityWorldEnv(gym.Env):
             pose=start,
             camera=self.camera,
             references=refs,
+            start_image=options.get("start_image"),
             prompt=self.prompt,
             generator=self.np_random,
         )

@@ -46,3 +46,15 @@ def test_chunk_length_must_fit_the_vae(make_env) -> None:
         make_env(world_model="diffusion", world_model_options=OPTIONS, chunk_length=6)
     with pytest.warns(UserWarning), pytest.raises(ShapeMismatchError, match="got 72x64"):
         make_env(world_model="diffusion", world_model_options=OPTIONS, width=72)
+
+
+def test_a_start_image_starts_the_episode(make_env) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    with pytest.warns(UserWarning):
+        env = make_env(world_model="diffusion", world_model_options=OPTIONS, chunk_length=4)
+    obs, _ = env.reset(seed=0, options={"start_image": image})
+    np.testing.assert_array_equal(obs["frames"], image)
+    assert env.world_model.reset_info["source"] == "start_image"
+    plain = make_env(chunk_length=4)  # the warp model too
+    obs, _ = plain.reset(seed=0, options={"start_image": image})
+    np.testing.assert_array_equal(obs["frames"], image)
