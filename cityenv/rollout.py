@@ -13,6 +13,7 @@ The first run builds the town's street-view database (about a minute, cached). E
     python -m cityenv.rollout
     python -m cityenv.rollout width=128 height=128 out=/tmp/run max_steps=10
     python -m cityenv.rollout scenario=my_route.yaml action_mode=velocity rrd=false
+    python -m cityenv.rollout world_model=diffusion world_model_options.preset=tiny chunk_length=8
 
 See ``docs/rollout.md``.
 """
@@ -53,6 +54,9 @@ class RolloutSettings:
         town: Options of the built-in town's database (``seed``, ``blocks``, ``size``,
             ``spacing_m``); used by ``CityWorld-Town-v0`` only.
         world_model: The env's world model name.
+        world_model_options: Keyword arguments of the world model's factory (the env's
+            ``world_model_options``; for ``diffusion``: ``path``, ``preset``, ``seed``,
+            ``device`` and ``RolloutSettings`` overrides); ``None`` values are left out.
         width: Frame width, pixels.
         height: Frame height, pixels.
         fov_deg: Horizontal field of view, degrees.
@@ -72,6 +76,7 @@ class RolloutSettings:
     city_db: str | None = None
     town: dict[str, Any] = dataclasses.field(default_factory=dict)
     world_model: str = "warp"
+    world_model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     width: int = 256
     height: int = 256
     fov_deg: float = 90.0
@@ -186,6 +191,9 @@ def make_env(settings: RolloutSettings, scenario: Scenario) -> gym.Env:
         "action_mode": scenario.action_mode,
         "world_model": settings.world_model,
     }
+    options = _world_model_options(settings)
+    if options:
+        kwargs["world_model_options"] = options
     if settings.city_db:
         kwargs["city_db"] = settings.city_db
     elif gym.spec(scenario.env_id).kwargs.get("city") == "town":
@@ -196,6 +204,11 @@ def make_env(settings: RolloutSettings, scenario: Scenario) -> gym.Env:
 
         env = RerunRecorder(env, settings.out / "rollout.rrd")
     return env
+
+
+def _world_model_options(settings: RolloutSettings) -> dict[str, Any]:
+    """The world model's options without the unset (``None``) ones."""
+    return {k: v for k, v in settings.world_model_options.items() if v is not None}
 
 
 def summarize(
@@ -217,6 +230,7 @@ def summarize(
         "env_id": scenario.env_id,
         "action_mode": scenario.action_mode,
         "world_model": settings.world_model,
+        "world_model_options": _world_model_options(settings),
         "resolution": [settings.width, settings.height],
         "chunk_length": settings.chunk_length,
         "fps": settings.fps,

@@ -70,6 +70,54 @@ def test_rollout_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "cache").is_dir()  # the town was built on first use
 
 
+def test_rollout_with_the_diffusion_world_model(tmp_path: Path) -> None:
+    """The tiny diffusion preset (random weights) through the Hydra overrides of the docs."""
+    import imageio.v2 as imageio
+
+    scenario = tmp_path / "smoke.yaml"
+    scenario.write_text(SCENARIO)
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "cityenv.rollout",
+        f"scenario={scenario}",
+        f"out={out}",
+        "world_model=diffusion",
+        "world_model_options.preset=tiny",
+        "world_model_options.device=cpu",
+        "+world_model_options.num_inference_steps=1",  # a RolloutSettings override needs a +
+        "width=32",
+        "height=32",
+        "chunk_length=4",
+        "max_steps=2",
+        "town.blocks=[1,1]",
+        "town.size=64",
+        "rrd=false",
+        "progress=false",
+    ]
+    env = {**os.environ, "CITYENV_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "random weights of the 'tiny' preset" in done.stderr
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_model"] == "diffusion"
+    assert summary["world_model_options"] == {
+        "preset": "tiny",
+        "device": "cpu",
+        "num_inference_steps": 1,
+    }
+    assert 1 <= summary["steps"] <= 2
+    assert summary["frames"] == 1 + 4 * summary["steps"]
+    assert summary["outputs"] == {"summary": "summary.json", "video": "rollout.mp4"}
+    reader = imageio.get_reader(out / "rollout.mp4")
+    frames = [frame for frame in reader]
+    reader.close()
+    assert len(frames) == summary["frames"] and frames[0].shape == (32, 32, 3)
+    assert not (out / "rollout.rrd").exists()
+
+
 def test_default_config_composes(tmp_path: Path) -> None:
     with initialize_config_dir(str(config_dir()), version_base=None):
         cfg = compose("rollout", overrides=[f"out={tmp_path}"])
@@ -78,7 +126,30 @@ def test_default_config_composes(tmp_path: Path) -> None:
         scenario=config_dir() / "scenarios" / "town_route.yaml",
         out=tmp_path,
         town={"seed": 0, "blocks": [2, 2], "size": 256, "spacing_m": 10.0},
+        world_model_options={"path": None, "preset": None, "seed": None, "device": None},
     )
+
+
+def test_world_model_options_reach_the_env(tmp_path: Path) -> None:
+    with initialize_config_dir(str(config_dir()), version_base=None):
+        cfg = compose(
+            "rollout",
+            overrides=[
+                f"out={tmp_path}",
+                "world_model=diffusion",
+                "world_model_options.preset=tiny",
+                "+world_model_options.history=2",
+            ],
+        )
+    settings = settings_from_config(cfg)
+    assert settings.world_model == "diffusion"
+    assert settings.world_model_options == {
+        "path": None,
+        "preset": "tiny",
+        "seed": None,
+        "device": None,
+        "history": 2,
+    }
 
 
 def test_scenario_names_and_paths(tmp_path: Path) -> None:
