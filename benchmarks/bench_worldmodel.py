@@ -14,7 +14,9 @@ same dtype) and their ratio (achieved FLOP/s / peak).
 
 SWM reports 15.2 frames/s on one H100 for its self-forcing model (12-frame chunks, H=3, K=1, 4
 steps, 480x832): ``--preset swm-sf --size 480x832 --steps 4 --device cuda --dtype bfloat16``
-measures that shape.
+measures that shape. ``--count-only`` counts the FLOPs of one chunk of any preset on shapes alone
+(FakeTensorMode: no weights, no compute), e.g. the ``swm-sf`` shape on a machine without a GPU,
+and the FLOP/s that SWM's reported speed implies for it.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ import time
 
 import numpy as np
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
 from cityenv.worldmodel.base import ChunkReferences, ReferenceView
-from cityenv.worldmodel.diffusion import DiffusionWorldModel
+from cityenv.worldmodel.diffusion import DiffusionWorldModel, RolloutSettings, load_preset
+from cityenv.worldmodel.dit import CityDiT, SequenceLayout, sequence_positions
 
 SWM_SF_H100_FPS = 15.2
 
@@ -136,7 +141,7 @@ def run(args: argparse.Namespace) -> dict:
         _sync(device)
         t0 = time.perf_counter()
         if c == 1:  # count once, on a chunk with full history (not timed)
-            with FlopCounterMode(display=False) as counter:
+            with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
                 model.generate(trajectory, refs)
             flops_per_chunk = counter.get_total_flops()
             continue
@@ -192,6 +197,76 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def count_flops(preset: str, width: int, height: int, steps: int | None) -> dict:
+    """FLOPs of one chunk of ``preset`` at ``width x height``, counted on shapes alone.
+
+    The transformer and the VAE are built and run under ``FakeTensorMode`` (no weights, no
+    memory, no compute), so the count works for the 1.3B presets on any machine. Attention is
+    counted through PyTorch's math path (the fused CPU kernel is not counted by
+    ``FlopCounterMode``). A chunk: ``steps`` transformer passes (twice with guidance), the VAE
+    encoding of the warped video (``L + 1`` frames), of ``K`` references and the sink, and the
+    decoding of ``L / 4`` latents that continue a stream (``L`` frames).
+    """
+    from diffusers import AutoencoderKLWan
+
+    cfg = load_preset(preset)
+    settings = RolloutSettings(**cfg["rollout"])
+    steps = steps or settings.num_inference_steps
+    length, n, k = settings.chunk_frames, settings.chunk_frames // 4, settings.max_references
+    layout = SequenceLayout(settings.history, n, settings.use_sink, k)
+    positions = sequence_positions(
+        layout,
+        max_history=settings.history,
+        gap=settings.gap,
+        sink_offset=settings.sink_offset,
+        reference_stride=settings.reference_stride,
+    )
+    passes = steps * (2 if settings.guidance_scale != 1.0 else 1)
+    z, h, w, f = cfg["transformer"]["latent_channels"], height // 8, width // 8, layout.num_frames
+    flops = {}
+    with FakeTensorMode(allow_non_fake_inputs=True), sdpa_kernel(SDPBackend.MATH):
+        dit = CityDiT(**cfg["transformer"])
+        vae = AutoencoderKLWan(**cfg["vae"])
+        text_len = cfg.get("text_encoder", {}).get("max_length") or 32
+        inputs = {
+            "hidden_states": torch.randn(1, z, f, h, w),
+            "timestep": layout.frame_timesteps(500.0),
+            "encoder_hidden_states": torch.randn(1, text_len, dit.config.text_dim),
+            "positions": positions,
+            "conditions": torch.randn(1, z + 1, f, h, w),
+            "plucker": torch.randn(1, dit.config.plucker_channels, f, h, w),
+        }
+        with FlopCounterMode(display=False) as counter:
+            dit(**inputs)
+        flops["transformer"] = counter.get_total_flops() * passes
+        with FlopCounterMode(display=False) as counter:
+            vae.encode(torch.randn(1, 3, length + 1, height, width))
+            for _ in range(k + int(settings.use_sink)):
+                vae.encode(torch.randn(1, 3, 1, height, width))
+        flops["vae_encode"] = counter.get_total_flops()
+        # A chunk continues the stream: its n latents decode to 4n frames, so count a stream of
+        # 1 + n latents and take away its first latent (decoded alone to one frame).
+        with FlopCounterMode(display=False) as counter:
+            vae.decode(torch.randn(1, z, n + 1, h, w))
+        with FlopCounterMode(display=False) as first:
+            vae.decode(torch.randn(1, z, 1, h, w))
+        flops["vae_decode"] = counter.get_total_flops() - first.get_total_flops()
+    total = sum(flops.values())
+    result = {
+        "preset": preset,
+        "size": f"{width}x{height}",
+        "chunk_frames": length,
+        "steps": steps,
+        "tokens_per_chunk": f * (h // 2) * (w // 2),
+        "tflops_per_chunk": {key: round(v / 1e12, 4) for key, v in flops.items()},
+        "gflops_per_frame": round(total / length / 1e9, 2),
+    }
+    if preset == "swm-sf":  # what SWM's reported speed means for this shape
+        result["swm_sf_h100_fps"] = SWM_SF_H100_FPS
+        result["tflops_per_s_at_swm_speed"] = round(total / length * SWM_SF_H100_FPS / 1e12, 1)
+    return result
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -211,7 +286,16 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument(
+        "--count-only",
+        action="store_true",
+        help="count the FLOPs of one chunk on shapes alone (any preset, any machine); no timing",
+    )
     args = parser.parse_args()
+    if args.count_only:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        print(json.dumps(count_flops(args.preset, width, height, args.steps), indent=1))
+        return
     if args.chunks < 3:
         parser.error("--chunks must be at least 3 (one warm-up, one counted, one timed)")
     result = run(args)
