@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     )
     from cityenv.worldmodel.dit import CityDiT, SequenceLayout, sequence_positions
     from cityenv.worldmodel.freeze import FreezeFramePlan, plan_freeze_frames
+    from cityenv.worldmodel.objective import flow_matching_loss, sample_drops, sample_timestep
     from cityenv.worldmodel.text import (
         MiniLMTextEncoder,
         T5TextEncoder,
@@ -57,6 +58,9 @@ _HOMES = {
     "sequence_positions": "dit",
     "FreezeFramePlan": "freeze",
     "plan_freeze_frames": "freeze",
+    "flow_matching_loss": "objective",
+    "sample_drops": "objective",
+    "sample_timestep": "objective",
     "MiniLMTextEncoder": "text",
     "T5TextEncoder": "text",
     "TextEncoder": "text",
@@ -84,9 +88,12 @@ __all__ = [
     "VideoVAE",
     "WarpWorldModel",
     "WorldModel",
+    "flow_matching_loss",
     "load_preset",
     "make_text_encoder",
     "plan_freeze_frames",
+    "sample_drops",
+    "sample_timestep",
     "sequence_positions",
 ]
 

@@ -95,6 +95,7 @@ class RolloutSettings:
         reference_stride: ``dref``: RoPE spacing of the references.
         use_sink: Whether the lookahead sink is used.
         num_inference_steps: Sampler steps per chunk.
+        shift: The flow-matching timestep shift; ``None`` keeps the scheduler's own.
         guidance_scale: Classifier-free guidance scale (1 = no unconditional pass).
         guidance_drop: Conditions the unconditional branch drops: any of ``text``,
             ``references`` (references and sink) and ``warp``.
@@ -108,6 +109,7 @@ class RolloutSettings:
     reference_stride: int = 1
     use_sink: bool = True
     num_inference_steps: int = 4
+    shift: float | None = None
     guidance_scale: float = 1.0
     guidance_drop: tuple[str, ...] = ("text",)
 
@@ -251,7 +253,7 @@ class DiffusionWorldModel(WorldModel):
     Args:
         transformer: The denoiser.
         vae: The video VAE.
-        scheduler: The flow-matching sampler (its ``shift`` is used as configured).
+        scheduler: The flow-matching sampler (``settings.shift``, when set, replaces its shift).
         text_encoder: A loaded text encoder, or the keyword arguments of
             :func:`~cityenv.worldmodel.text.make_text_encoder` to load one on the first prompt.
         settings: Chunk and sampling settings.
@@ -274,8 +276,12 @@ class DiffusionWorldModel(WorldModel):
         self.transformer = transformer.to(self.device).eval()
         self.vae = vae
         self.vae.vae.to(self.device).eval()
-        self.scheduler = scheduler
         self.settings = settings or RolloutSettings()
+        if self.settings.shift is not None:
+            scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+                scheduler.config, shift=self.settings.shift
+            )
+        self.scheduler = scheduler
         self._text_spec = None if isinstance(text_encoder, TextEncoder) else dict(text_encoder)
         self._text_encoder = text_encoder if isinstance(text_encoder, TextEncoder) else None
         self._text_cache: dict[str | None, torch.Tensor] = {}

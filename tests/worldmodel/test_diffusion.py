@@ -270,3 +270,14 @@ def test_a_loaded_text_encoder_is_recorded_by_kind(tmp_path) -> None:
     )
     loaded = DiffusionWorldModel.from_pretrained(wm.save_pretrained(tmp_path / "wm"))
     assert loaded._text_spec == {"kind": "minilm", "path": None, "max_length": 16}
+
+
+def test_shift_and_steps_are_configurable(scene) -> None:
+    low = DiffusionWorldModel.from_preset("tiny", device="cpu", shift=1.0, num_inference_steps=3)
+    high = DiffusionWorldModel.from_preset("tiny", device="cpu", shift=6.0, num_inference_steps=3)
+    assert low.scheduler.config.shift == 1.0 and high.scheduler.config.shift == 6.0
+    for wm in (low, high):
+        wm.scheduler.set_timesteps(3)
+    assert len(low.scheduler.timesteps) == 3
+    assert high.scheduler.timesteps[1] > low.scheduler.timesteps[1]  # more time at high noise
+    assert not np.array_equal(rollout(low, scene, chunks=1)[1], rollout(high, scene, chunks=1)[1])
