@@ -58,3 +58,20 @@ def test_a_start_image_starts_the_episode(make_env) -> None:
     plain = make_env(chunk_length=4)  # the warp model too
     obs, _ = plain.reset(seed=0, options={"start_image": image})
     np.testing.assert_array_equal(obs["frames"], image)
+
+
+def test_gymnasium_check_env_passes_with_the_diffusion_model(town_db, tiny) -> None:
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    with pytest.warns(UserWarning, match="random weights"):
+        env = gym.make(
+            "CityWorld-Town-v0",
+            render_mode="rgb_array",
+            world_model="diffusion",
+            world_model_options=OPTIONS,
+            chunk_length=4,
+            **tiny,
+        )
+    check_env(env.unwrapped, skip_render_check=False)  # seeded resets and steps repeat exactly
+    env.close()
