@@ -26,7 +26,12 @@ max_steps: 3
 """
 
 
-def test_rollout_end_to_end(tmp_path: Path) -> None:
+def _rollout(tmp_path: Path, *overrides: str) -> tuple[Path, dict, list, str]:
+    """Run ``python -m cityenv.rollout`` on the smoke scenario in a tiny town at 32 x 32.
+
+    Returns:
+        The output folder, the summary, the video's frames and the process's stderr.
+    """
     import imageio.v2 as imageio
 
     scenario = tmp_path / "smoke.yaml"
@@ -44,12 +49,20 @@ def test_rollout_end_to_end(tmp_path: Path) -> None:
         "town.blocks=[1,1]",
         "town.size=64",
         "progress=false",
+        *overrides,
     ]
     env = {**os.environ, "CITYENV_CACHE": str(tmp_path / "cache")}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-
     summary = json.loads((out / "summary.json").read_text())
+    reader = imageio.get_reader(out / "rollout.mp4")
+    frames = [frame for frame in reader]
+    reader.close()
+    return out, summary, frames, done.stderr
+
+
+def test_rollout_end_to_end(tmp_path: Path) -> None:
+    out, summary, frames, _ = _rollout(tmp_path)
     assert summary["scenario"] == "smoke" and summary["action_mode"] == "velocity"
     assert 1 <= summary["steps"] <= 3
     assert summary["frames"] == 1 + 4 * summary["steps"]
@@ -61,10 +74,6 @@ def test_rollout_end_to_end(tmp_path: Path) -> None:
     assert summary["prompts"][0] == {"step": 0, "prompt": "golden sunset"}
     assert isinstance(summary["success"], bool)
     assert set(summary["timings_s"]) >= {"retrieval", "generate"}
-
-    reader = imageio.get_reader(out / "rollout.mp4")
-    frames = [frame for frame in reader]
-    reader.close()
     assert len(frames) == summary["frames"] and frames[0].shape == (32, 32, 3)
     assert (out / "rollout.rrd").stat().st_size > 0
     assert (tmp_path / "cache").is_dir()  # the town was built on first use
@@ -72,36 +81,16 @@ def test_rollout_end_to_end(tmp_path: Path) -> None:
 
 def test_rollout_with_the_diffusion_world_model(tmp_path: Path) -> None:
     """The tiny diffusion preset (random weights) through the Hydra overrides of the docs."""
-    import imageio.v2 as imageio
-
-    scenario = tmp_path / "smoke.yaml"
-    scenario.write_text(SCENARIO)
-    out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "cityenv.rollout",
-        f"scenario={scenario}",
-        f"out={out}",
+    out, summary, frames, stderr = _rollout(
+        tmp_path,
         "world_model=diffusion",
         "world_model_options.preset=tiny",
         "world_model_options.device=cpu",
         "+world_model_options.num_inference_steps=1",  # a RolloutSettings override needs a +
-        "width=32",
-        "height=32",
-        "chunk_length=4",
         "max_steps=2",
-        "town.blocks=[1,1]",
-        "town.size=64",
         "rrd=false",
-        "progress=false",
-    ]
-    env = {**os.environ, "CITYENV_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "random weights of the 'tiny' preset" in done.stderr
-
-    summary = json.loads((out / "summary.json").read_text())
+    )
+    assert "random weights of the 'tiny' preset" in stderr
     assert summary["world_model"] == "diffusion"
     assert summary["world_model_options"] == {
         "preset": "tiny",
@@ -111,9 +100,6 @@ def test_rollout_with_the_diffusion_world_model(tmp_path: Path) -> None:
     assert 1 <= summary["steps"] <= 2
     assert summary["frames"] == 1 + 4 * summary["steps"]
     assert summary["outputs"] == {"summary": "summary.json", "video": "rollout.mp4"}
-    reader = imageio.get_reader(out / "rollout.mp4")
-    frames = [frame for frame in reader]
-    reader.close()
     assert len(frames) == summary["frames"] and frames[0].shape == (32, 32, 3)
     assert not (out / "rollout.rrd").exists()
 

@@ -9,25 +9,6 @@ from diffusers import WanTransformer3DModel
 from cityenv.errors import ShapeMismatchError
 from cityenv.worldmodel.dit import CityDiT, SequenceLayout, sequence_positions
 
-WAN_TINY = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=12,
-    in_channels=4,
-    out_channels=4,
-    text_dim=16,
-    freq_dim=32,
-    ffn_dim=48,
-    num_layers=2,
-    rope_max_seq_len=64,
-)
-
-
-@pytest.fixture(scope="module")
-def wan() -> WanTransformer3DModel:
-    torch.manual_seed(0)
-    return WanTransformer3DModel(**WAN_TINY).eval()
-
 
 @pytest.fixture(scope="module")
 def dit(wan: WanTransformer3DModel) -> CityDiT:
