@@ -38,6 +38,7 @@ from cityenv.geometry.pose import Pose, Trajectory
 from cityenv.worldmodel.base import ChunkReferences, ReferenceView
 from cityenv.worldmodel.diffusion import DiffusionWorldModel, RolloutSettings, load_preset
 from cityenv.worldmodel.dit import CityDiT, SequenceLayout, sequence_positions
+from cityenv.worldmodel.vae import VideoVAE
 
 SWM_SF_H100_FPS = 15.2
 
@@ -222,11 +223,12 @@ def count_flops(preset: str, width: int, height: int, steps: int | None) -> dict
         reference_stride=settings.reference_stride,
     )
     passes = steps * (2 if settings.guidance_scale != 1.0 else 1)
-    z, h, w, f = cfg["transformer"]["latent_channels"], height // 8, width // 8, layout.num_frames
     flops = {}
     with FakeTensorMode(allow_non_fake_inputs=True), sdpa_kernel(SDPBackend.MATH):
         dit = CityDiT(**cfg["transformer"])
         vae = AutoencoderKLWan(**cfg["vae"])
+        ratio = VideoVAE(vae).spatial_ratio
+        z, h, w, f = dit.config.latent_channels, height // ratio, width // ratio, layout.num_frames
         text_len = cfg.get("text_encoder", {}).get("max_length") or 32
         inputs = {
             "hidden_states": torch.randn(1, z, f, h, w),

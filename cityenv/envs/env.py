@@ -507,6 +507,12 @@ def _make_world_model(
     spec: str | WorldModel | Callable[[], WorldModel], options: Mapping[str, Any] | None
 ) -> WorldModel:
     if isinstance(spec, WorldModel):
+        if options:
+            raise ValueError(
+                "world_model_options are passed to the world model's constructor, but "
+                f"world_model is an already built {type(spec).__name__}; give a name, a "
+                "'module:Class' path or a factory instead, or drop the options."
+            )
         return spec
     if isinstance(spec, str):
         path = _WORLD_MODELS.get(spec, spec)

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -45,9 +44,14 @@ from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
 from cityenv.geometry.rays import plucker_rays
 from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, ReferenceView, WorldModel
-from cityenv.worldmodel.dit import CityDiT, SequenceLayout, sequence_positions
+from cityenv.worldmodel.dit import (
+    CityDiT,
+    SequenceLayout,
+    cast_keeping_fp32,
+    sequence_positions,
+)
 from cityenv.worldmodel.freeze import plan_freeze_frames
-from cityenv.worldmodel.text import MiniLMTextEncoder, TextEncoder, make_text_encoder
+from cityenv.worldmodel.text import MiniLMTextEncoder, TextEncoder, as_dtype, make_text_encoder
 from cityenv.worldmodel.vae import PICKLED_WEIGHT_SUFFIXES, VideoVAE
 from cityenv.worldmodel.warp import WarpWorldModel
 
@@ -285,7 +289,9 @@ class DiffusionWorldModel(WorldModel):
         self._text_spec = None if isinstance(text_encoder, TextEncoder) else dict(text_encoder)
         self._text_encoder = text_encoder if isinstance(text_encoder, TextEncoder) else None
         self._text_cache: dict[str | None, torch.Tensor] = {}
-        self._ref_cache: OrderedDict[tuple[int, int, int], torch.Tensor] = OrderedDict()
+        self._ref_cache: OrderedDict[tuple[int, int, int], tuple[ReferenceView, torch.Tensor]] = (
+            OrderedDict()
+        )
         self._ref_capacity = int(reference_cache)
         self._warper = WarpWorldModel()
         self._decoder = vae.streaming_decoder()
@@ -315,13 +321,14 @@ class DiffusionWorldModel(WorldModel):
             **settings: Overrides of the preset's :class:`RolloutSettings`.
         """
         cfg = load_preset(name)
+        torch_dtype = _dtype(torch_dtype)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             transformer = CityDiT(**cfg["transformer"])
             vae = VideoVAE.from_config(cfg["vae"])
         if torch_dtype is not None:
-            _cast(transformer, torch_dtype)
-            _cast(vae.vae, torch_dtype)
+            cast_keeping_fp32(transformer, torch_dtype)
+            cast_keeping_fp32(vae.vae, torch_dtype)
         return cls(
             transformer=transformer,
             vae=vae,
@@ -380,7 +387,7 @@ class DiffusionWorldModel(WorldModel):
         ``text_encoder/`` + ``tokenizer/`` with UMT5); SWM's new input channels start at zero.
         The rollout and scheduler settings come from ``preset``. Nothing is downloaded.
         """
-        path = Path(path)
+        path, torch_dtype = Path(path), _dtype(torch_dtype)
         _refuse_pickles(path)
         cfg = load_preset(preset)
         transformer = CityDiT.from_wan(path, torch_dtype=torch_dtype)
@@ -409,7 +416,7 @@ class DiffusionWorldModel(WorldModel):
         Raises:
             CheckpointError: If the folder is not such a folder or holds pickled weights.
         """
-        path = Path(path)
+        path, torch_dtype = Path(path), _dtype(torch_dtype)
         meta_path = path / "config.json"
         if not meta_path.is_file():
             raise CheckpointError(
@@ -470,7 +477,14 @@ class DiffusionWorldModel(WorldModel):
             ShapeMismatchError: Saying which value to use instead.
         """
         _check_camera(camera, self.vae.spatial_ratio * self.transformer.config.patch_size[1])
-        _num_latents(chunk_length)
+        _num_latents(chunk_length, self.vae.temporal_ratio)
+        if chunk_length != self.settings.chunk_frames:
+            warnings.warn(
+                f"chunk_length={chunk_length} differs from the {self.settings.chunk_frames}-frame "
+                "chunks this model was set up for (RolloutSettings.chunk_frames); a trained model "
+                "may follow the camera less well at another length.",
+                stacklevel=2,
+            )
 
     def reset(
         self,
@@ -504,8 +518,8 @@ class DiffusionWorldModel(WorldModel):
         )
         latent = self.vae.encode(_to_video(first[None], self.device, self._dtype))
         self._stream = _Stream()
-        self._ref_cache.clear()  # view ids are only unique within one database
-        self._stream.push(latent, np.repeat(pose.matrix[None, None], 4, axis=1), self._keep)
+        r = self.vae.temporal_ratio  # the first latent holds one frame: its pose fills the group
+        self._stream.push(latent, np.repeat(pose.matrix[None, None], r, axis=1), self._keep)
         self._decoder.reset()
         with torch.no_grad():
             self._decoder.decode(latent)  # primes the causal cache: later chunks continue it
@@ -527,7 +541,8 @@ class DiffusionWorldModel(WorldModel):
         """
         camera = self._require_camera()
         start = time.perf_counter()
-        n = _num_latents(len(trajectory))
+        r = self.vae.temporal_ratio
+        n = _num_latents(len(trajectory), r)
         with torch.no_grad():
             warped = self._warper.generate(trajectory, references)
             seq = self._sequence(trajectory, references, warped, camera)
@@ -537,7 +552,7 @@ class DiffusionWorldModel(WorldModel):
             denoise_s = time.perf_counter() - start - encode_s
             video = self._decoder.decode(latents)
         frames = _to_uint8(video)
-        self._stream.push(latents, trajectory.matrices.reshape(n, 4, 4, 4), self._keep)
+        self._stream.push(latents, trajectory.matrices.reshape(n, r, 4, 4), self._keep)
         total = time.perf_counter() - start
         info = {
             "encode_s": encode_s,
@@ -582,7 +597,9 @@ class DiffusionWorldModel(WorldModel):
         with torch.no_grad():
             clean = self._encode_keyframes(keys)
             poses = trajectory.matrices[plan.expanded_times]  # (expanded, 4, 4)
-            groups = np.concatenate([np.repeat(poses[:1], 3, axis=0), poses]).reshape(-1, 4, 4, 4)
+            r = self.vae.temporal_ratio  # latent 0 holds frame 0 alone: its pose fills the group
+            groups = np.concatenate([np.repeat(poses[:1], r - 1, axis=0), poses])
+            groups = groups.reshape(-1, r, 4, 4)
             refs = references or ChunkReferences.none(len(trajectory))
             seq = self._sequence_parts(groups, refs, None, camera, poses[0], history=False)
             seq.clean_targets = torch.as_tensor(plan.clean_latents)
@@ -596,7 +613,7 @@ class DiffusionWorldModel(WorldModel):
     def text_encoder(self) -> TextEncoder:
         """The text encoder (loaded on first use)."""
         if self._text_encoder is None:
-            self._text_encoder = make_text_encoder(**self._text_spec)
+            self._text_encoder = make_text_encoder(**self._text_spec).to(self.device)
         return self._text_encoder
 
     @property
@@ -614,7 +631,7 @@ class DiffusionWorldModel(WorldModel):
         camera: PinholeCamera,
     ) -> ChunkSequence:
         matrices = trajectory.matrices
-        groups = matrices.reshape(-1, 4, 4, 4)
+        groups = matrices.reshape(-1, self.vae.temporal_ratio, 4, 4)
         warp = None
         if references.views and warped.warps is not None:
             warp = self._encode_warp(warped.warps, warped.masks)
@@ -631,16 +648,17 @@ class DiffusionWorldModel(WorldModel):
         history: bool,
     ) -> ChunkSequence:
         """Assemble a chunk's conditions; Plücker rays relative to the camera ``origin`` (4, 4)."""
-        lat_cam = camera.rescaled(*self._latent_size(camera)[::-1])
-        rays = _RayMaker(lat_cam, origin, self.device, self._dtype)
+        z, (h, w), r = self.vae.latent_channels, self._latent_size(camera), self.vae.temporal_ratio
+        rays = _RayMaker(camera.rescaled(w, h), origin, r, self.device, self._dtype)
         views = references.views[: self.settings.max_references]
-        hist = self._stream if history else _Stream()
-        z, (h, w) = self.vae.latent_channels, self._latent_size(camera)
+        keep = self.settings.history if history else 0
+        past = self._stream.latents[-keep:] if keep else []
+        past_poses = np.asarray(self._stream.poses[-keep:] if keep else []).reshape(-1, r, 4, 4)
         empty = torch.zeros(1, z, 0, h, w, device=self.device, dtype=self._dtype)
         sink = references.sink if self.settings.use_sink else None
         return ChunkSequence(
-            history=torch.cat(hist.latents, dim=2) if hist.latents else empty,
-            history_rays=rays.groups(np.asarray(hist.poses).reshape(-1, 4, 4, 4)),
+            history=torch.cat(past, dim=2) if past else empty,
+            history_rays=rays.groups(past_poses),
             target_rays=rays.groups(target_poses),
             warp=warp,
             sink=None if sink is None else self._encode_reference(sink, camera),
@@ -659,15 +677,17 @@ class DiffusionWorldModel(WorldModel):
         return torch.cat([latents, pooled], dim=1)
 
     def _encode_reference(self, view: ReferenceView, camera: PinholeCamera) -> torch.Tensor:
-        """One reference image resized to the target size -> ``(1, z, 1, h, w)`` (cached)."""
+        """One reference image resized to the target size -> ``(1, z, 1, h, w)`` (cached; a hit
+        must be the very same view object, so databases whose view ids collide never mix)."""
         key = (view.view_id, camera.width, camera.height)
         hit = self._ref_cache.get(key)
-        if hit is not None:
+        if hit is not None and hit[0] is view:
             self._ref_cache.move_to_end(key)
-            return hit
-        image = cv2.resize(view.image, (camera.width, camera.height), interpolation=cv2.INTER_AREA)
+            return hit[1]
+        image, _ = self._warper.reference_at_size(view, camera.width, camera.height)
         latent = self.vae.encode(_to_video(image[None], self.device, self._dtype))
-        self._ref_cache[key] = latent
+        self._ref_cache[key] = (view, latent)
+        self._ref_cache.move_to_end(key)
         while len(self._ref_cache) > self._ref_capacity:
             self._ref_cache.popitem(last=False)
         return latent
@@ -752,48 +772,52 @@ class DiffusionWorldModel(WorldModel):
 
 
 class _RayMaker:
-    """Plücker rays ``(1, 24, F, h, w)`` of latent frames, relative to one camera."""
+    """Plücker rays ``(1, 6 r, F, h, w)`` of latent frames that each cover ``r`` video frames
+    (the VAE's temporal ratio), relative to the camera ``origin`` ``(4, 4)``."""
 
     def __init__(
-        self, camera: PinholeCamera, origin: np.ndarray, device: torch.device, dtype: torch.dtype
+        self,
+        camera: PinholeCamera,
+        origin: np.ndarray,
+        ratio: int,
+        device: torch.device,
+        dtype: torch.dtype,
     ) -> None:
-        self.camera, self.origin, self.device, self.dtype = camera, origin, device, dtype
+        self.camera, self.origin, self.ratio = camera, origin, int(ratio)
+        self.device, self.dtype = device, dtype
 
-    def groups(self, poses: np.ndarray) -> torch.Tensor:
-        """Rays of latent frames each covering 4 poses: ``poses`` ``(F, 4, 4, 4)``."""
-        f = poses.shape[0]
+    def groups(self, poses: np.ndarray, camera: PinholeCamera | None = None) -> torch.Tensor:
+        """Rays of latent frames seen through ``camera`` (the target's by default), each frame
+        covering ``r`` poses: ``poses`` ``(F, r, 4, 4)``."""
+        camera = camera or self.camera
+        f, channels = poses.shape[0], 6 * self.ratio
         if f == 0:
-            return torch.zeros(
-                1,
-                24,
-                0,
-                self.camera.height,
-                self.camera.width,
-                device=self.device,
-                dtype=self.dtype,
-            )
-        rays = plucker_rays(self.camera, poses.reshape(-1, 4, 4), self.origin)
-        rays = rays.reshape(f, 4 * 6, self.camera.height, self.camera.width)
+            shape = (1, channels, 0, camera.height, camera.width)
+            return torch.zeros(shape, device=self.device, dtype=self.dtype)
+        rays = plucker_rays(camera, poses.reshape(-1, 4, 4), self.origin)
+        rays = rays.reshape(f, channels, camera.height, camera.width)
         return rays.permute(1, 0, 2, 3)[None].to(self.device, self.dtype)
 
     def views(self, views: Sequence[ReferenceView]) -> torch.Tensor:
-        """Rays of reference views (one pose repeated over the 4 slots): ``(1, 24, K, h, w)``."""
-        poses = (
-            np.stack([np.repeat(v.pose.matrix[None], 4, axis=0) for v in views])
-            if views
-            else (np.zeros((0, 4, 4, 4)))
-        )
-        return self.groups(poses)
+        """Rays of reference views, each through its own intrinsics (rescaled to the latent grid,
+        as its image is resized to the frame) with its pose repeated over the ``r`` slots:
+        ``(1, 6 r, K, h, w)``."""
+        h, w = self.camera.height, self.camera.width
+        parts = [self.groups(np.zeros((0, self.ratio, 4, 4)))]
+        for v in views:
+            poses = np.repeat(v.pose.matrix[None, None], self.ratio, axis=1)
+            parts.append(self.groups(poses, v.camera.rescaled(w, h)))
+        return torch.cat(parts, dim=2)
 
 
-def _num_latents(num_frames: int) -> int:
-    if num_frames <= 0 or num_frames % 4:
+def _num_latents(num_frames: int, ratio: int) -> int:
+    if num_frames <= 0 or num_frames % ratio:
         raise ShapeMismatchError(
-            f"the diffusion world model generates chunks of a multiple of 4 frames (its VAE "
-            f"compresses 4 frames into one latent), got {num_frames}; set the environment's "
-            "chunk_length to 4, 8, 12, ..."
+            f"the diffusion world model generates chunks of a multiple of {ratio} frames (its "
+            f"VAE compresses {ratio} frames into one latent), got {num_frames}; set the "
+            f"environment's chunk_length to {ratio}, {2 * ratio}, {3 * ratio}, ..."
         )
-    return num_frames // 4
+    return num_frames // ratio
 
 
 def _check_camera(camera: PinholeCamera, multiple: int) -> None:
@@ -818,20 +842,16 @@ def _to_uint8(video: torch.Tensor) -> np.ndarray:
     return v.permute(1, 2, 3, 0).cpu().numpy()
 
 
+def _dtype(torch_dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A dtype given as a name (``"bfloat16"``, from a YAML or Hydra config) as a torch dtype."""
+    return None if torch_dtype is None else as_dtype(torch_dtype)
+
+
 def _text_spec_of(encoder: TextEncoder) -> dict[str, Any]:
     """The :func:`make_text_encoder` arguments that load ``encoder`` again."""
     if isinstance(encoder, MiniLMTextEncoder):  # the packaged model: no machine-specific path
         return {"kind": "minilm", "path": None, "max_length": encoder.max_length}
     return {"kind": "umt5", "path": str(encoder.path), "max_length": encoder.max_length}
-
-
-def _cast(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Cast a diffusers model to ``dtype`` in place, keeping its ``_keep_in_fp32_modules`` in
-    float32 (as ``from_pretrained(torch_dtype=...)`` does)."""
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_floating_point() and not keep & set(name.split(".")):
-            tensor.data = tensor.data.to(dtype)
 
 
 def _refuse_pickles(path: Path) -> None:

@@ -46,7 +46,7 @@ from torch._guards import detect_fake_mode
 
 from cityenv.errors import ShapeMismatchError
 
-__all__ = ["CityDiT", "SequenceLayout", "sequence_positions"]
+__all__ = ["CityDiT", "SequenceLayout", "cast_keeping_fp32", "sequence_positions"]
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,7 @@ class CityDiT(ModelMixin, ConfigMixin):
         "patch_embedding",
         "plucker_embedding",
         "condition_embedder",
+        "norm",
     ]
 
     @register_to_config
@@ -259,6 +260,13 @@ class CityDiT(ModelMixin, ConfigMixin):
                 f"(image_dim={cfg.image_dim}, added_kv_proj_dim={cfg.added_kv_proj_dim}), as the "
                 "Wan I2V models do. Use a T2V (or TI2V) checkpoint."
             )
+        if cfg.out_channels and cfg.in_channels != cfg.out_channels:
+            raise ValueError(
+                "expected a Wan text-to-video transformer whose input channels are its latents; "
+                f"this one takes {cfg.in_channels} channels for {cfg.out_channels} latent ones "
+                "(an image-to-video model concatenating a condition). Use a T2V (or TI2V) "
+                "checkpoint: CityDiT adds its own warp and mask channels."
+            )
         model = cls(
             patch_size=tuple(cfg.patch_size),
             num_attention_heads=cfg.num_attention_heads,
@@ -289,7 +297,7 @@ class CityDiT(ModelMixin, ConfigMixin):
                 f"{sorted(unexpected)}."
             )
         if torch_dtype is not None:
-            model = model.to(torch_dtype)
+            cast_keeping_fp32(model, torch_dtype)
         return model.eval()
 
     # --- positions ------------------------------------------------------------------------------
@@ -309,8 +317,9 @@ class CityDiT(ModelMixin, ConfigMixin):
             (frame-major, then rows, then columns), as ``WanRotaryPosEmbed.forward`` returns.
         """
         rope = self.rope
-        positions = torch.as_tensor(positions, device=rope.freqs_cos.device).long()
-        # (a shape-only trace, e.g. FLOP counting under FakeTensorMode, has no values to check)
+        positions = torch.as_tensor(positions).long()
+        # Checked where they were made (the CPU: no device sync); a shape-only trace (FLOP
+        # counting under FakeTensorMode) has no values to check.
         checkable = positions.ndim != 1 or detect_fake_mode(positions) is None
         if checkable and (
             positions.ndim != 1 or positions.min() < 0 or positions.max() >= rope.max_seq_len
@@ -320,6 +329,7 @@ class CityDiT(ModelMixin, ConfigMixin):
                 f"{tuple(positions.shape)} with values {positions.tolist()}; raise "
                 "rope_max_seq_len or shorten the gap."
             )
+        positions = positions.to(rope.freqs_cos.device)
         _, p_h, p_w = rope.patch_size
         hh, ww = height // p_h, width // p_w
         sizes = [rope.t_dim, rope.h_dim, rope.w_dim]
@@ -423,8 +433,9 @@ class CityDiT(ModelMixin, ConfigMixin):
             problems.append(f"a latent size divisible by the patch ({p_h}, {p_w}), got {(h, w)}")
         if tuple(timestep.shape) not in ((b,), (b, f)):
             problems.append(f"timestep of shape ({b},) or ({b}, {f}), got {tuple(timestep.shape)}")
-        if tuple(torch.as_tensor(positions).shape) != (f,):
-            problems.append(f"positions of shape ({f},), got {tuple(positions.shape)}")
+        shape = tuple(torch.as_tensor(positions).shape)
+        if shape != (f,):
+            problems.append(f"positions of shape ({f},), got {shape}")
         if conditions is not None and tuple(conditions.shape) != (b, extra, f, h, w):
             problems.append(f"conditions {(b, extra, f, h, w)}, got {tuple(conditions.shape)}")
         want = (b, cfg.plucker_channels, f, h, w)
@@ -432,6 +443,21 @@ class CityDiT(ModelMixin, ConfigMixin):
             problems.append(f"plucker {want}, got {tuple(plucker.shape)}")
         if problems:
             raise ShapeMismatchError("CityDiT expected " + "; ".join(problems) + ".")
+
+
+def cast_keeping_fp32(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast a diffusers model to ``dtype`` in place, keeping its ``_keep_in_fp32_modules`` (Wan:
+    RoPE tables, time embedder, modulation tables, norms) in float32, as diffusers'
+    ``from_pretrained(torch_dtype=...)`` does; a plain ``.to(dtype)`` would round them too.
+
+    Returns:
+        ``model``.
+    """
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not keep & set(name.split(".")):
+            tensor.data = tensor.data.to(dtype)
+    return model
 
 
 def _load_wan_transformer(path: Path, torch_dtype: torch.dtype | None) -> WanTransformer3DModel:

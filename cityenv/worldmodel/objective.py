@@ -73,11 +73,20 @@ def flow_matching_loss(
         noise: Gaussian noise shaped like ``targets``.
         settings: RoPE layout settings (history, gap, sink offset, reference stride).
 
+    Targets marked clean (``sequence.clean_targets``: freeze-frame keyframes) stay clean, as they
+    do at sampling time (where they sit at t=0), and are left out of the loss.
+
     Returns:
         A scalar loss.
     """
     sigma = timestep / 1000.0
     noisy = (1.0 - sigma) * targets + sigma * noise
+    keep = torch.ones(targets.shape[2], dtype=torch.bool)
+    if sequence.clean_targets is not None:
+        keep = ~sequence.clean_targets.cpu()
+        noisy[:, :, ~keep] = targets[:, :, ~keep]
     out = transformer(**sequence.inputs(noisy, timestep, settings), return_dict=False)[0]
-    prediction = out[:, :, sequence.layout.target_slice]
-    return F.mse_loss(prediction.float(), (noise - targets).float())
+    prediction = out[:, :, sequence.layout.target_slice][:, :, keep]
+    if not keep.any():  # only keyframes: nothing to learn (zero, still part of the graph)
+        return out.sum() * 0.0
+    return F.mse_loss(prediction.float(), (noise - targets)[:, :, keep].float())

@@ -38,6 +38,7 @@ __all__ = [
     "T5TextEncoder",
     "TextEncoder",
     "clear_text_encoder_cache",
+    "as_dtype",
     "make_text_encoder",
 ]
 
@@ -52,12 +53,8 @@ DEFAULT_MAX_LENGTH: dict[str, int] = {"minilm": 32, "t5": 512, "umt5": 512}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.txt")
 
 # Files of which at least one holds a model's weights.
-_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
+# (safetensors only: pickled weights such as pytorch_model.bin can run code when loaded)
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 # Encoder-only model class of each T5-family ``model_type`` (names in ``transformers``).
 _T5_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
@@ -195,7 +192,7 @@ class MiniLMTextEncoder(_HFTextEncoder):
         from transformers import AutoModel, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
         positions = getattr(model.config, "max_position_embeddings", None)
         if positions is not None and max_length > positions:
             raise ValueError(
@@ -243,9 +240,9 @@ class T5TextEncoder(_HFTextEncoder):
                 f"expected a T5-family text encoder (model_type one of {sorted(_T5_CLASSES)}) in "
                 f"{model_dir}, got model_type {config.model_type!r}"
             )
-        kwargs: dict[str, Any] = {"local_files_only": True}
+        kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": True}
         if torch_dtype is not None:
-            kwargs[_dtype_kwarg()] = _as_dtype(torch_dtype)
+            kwargs[_dtype_kwarg()] = as_dtype(torch_dtype)
         model = getattr(transformers, name).from_pretrained(str(model_dir), **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
         super().__init__(model, tokenizer, max_length=max_length)
@@ -254,11 +251,16 @@ class T5TextEncoder(_HFTextEncoder):
 
 
 def make_text_encoder(
-    kind: str = "minilm", path: str | Path | None = None, *, max_length: int | None = None
+    kind: str = "minilm",
+    path: str | Path | None = None,
+    *,
+    max_length: int | None = None,
+    torch_dtype: torch.dtype | str | None = None,
 ) -> TextEncoder:
     """Loads (or returns the already loaded) text encoder of a kind.
 
-    Encoders are cached per process, keyed by ``(kind, path, max_length)``: a second call returns
+    Encoders are cached per process, keyed by ``(kind, path, max_length, torch_dtype)``: a second
+    call returns
     the same object (so :meth:`TextEncoder.to` on it moves it for every holder). Clear the cache
     with :func:`clear_text_encoder_cache`.
 
@@ -268,6 +270,8 @@ def make_text_encoder(
             ``"t5"``/``"umt5"``.
         max_length: Token positions of the output; ``None`` = :data:`DEFAULT_MAX_LENGTH` of the kind
             (32 for MiniLM, 512 for T5/UMT5).
+        torch_dtype: Weight dtype of a T5/UMT5 encoder (``"bfloat16"`` halves UMT5-XXL's 23 GB);
+            ``None`` = float32. MiniLM always loads in float32.
 
     Returns:
         The encoder, in eval mode, on the CPU when first loaded.
@@ -291,7 +295,8 @@ def make_text_encoder(
         )
     length = DEFAULT_MAX_LENGTH[key] if max_length is None else _check_max_length(max_length)
     folder = None if path is None else str(Path(path).expanduser().resolve())
-    return _load_cached(key, folder, length)
+    dtype = None if torch_dtype is None else str(as_dtype(torch_dtype)).removeprefix("torch.")
+    return _load_cached(key, folder, length, dtype)
 
 
 def clear_text_encoder_cache() -> None:
@@ -300,11 +305,13 @@ def clear_text_encoder_cache() -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(kind: str, path: str | None, max_length: int) -> TextEncoder:
+def _load_cached(
+    kind: str, path: str | None, max_length: int, torch_dtype: str | None
+) -> TextEncoder:
     if kind == "minilm":
         return MiniLMTextEncoder(path, max_length=max_length)
     assert path is not None
-    return T5TextEncoder(path, max_length=max_length)
+    return T5TextEncoder(path, max_length=max_length, torch_dtype=torch_dtype)
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -338,9 +345,16 @@ def _check_model_folder(folder: Path, what: str) -> None:
             "(config.json + model.safetensors)"
         )
     if not any((folder / f).is_file() for f in _WEIGHT_FILES):
+        pickled = sorted(p.name for p in folder.glob("*.bin"))
+        hint = (
+            f" (it holds pickled weights, {', '.join(pickled)}, which can run code when loaded "
+            "and are refused: convert them to model.safetensors)"
+            if pickled
+            else ""
+        )
         raise FileNotFoundError(
             f"{what} folder {folder} has config.json but no weights; expected one of "
-            f"{list(_WEIGHT_FILES)}"
+            f"{list(_WEIGHT_FILES)}{hint}"
         )
 
 
@@ -380,7 +394,13 @@ def _t5_folders(path: Path) -> tuple[Path, Path]:
     return model_dir, tok_dir
 
 
-def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``dtype`` as a ``torch.dtype`` (a name such as ``"bfloat16"`` from a YAML or Hydra config
+    too).
+
+    Raises:
+        ValueError: If it names no dtype.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     value = getattr(torch, str(dtype).removeprefix("torch."), None)

@@ -325,6 +325,14 @@ class WarpWorldModel(WorldModel):
         return ChunkOutput(chunk.frames, chunk.warps, chunk.masks, references, info)
 
     # --- steps ----------------------------------------------------------------------------------
+    def reference_at_size(
+        self, view: ReferenceView, width: int, height: int
+    ) -> tuple[np.ndarray, PinholeCamera]:
+        """``view``'s image resized to ``(height, width)``, uint8 ``(H, W, 3)``, and its
+        intrinsics rescaled to match (from the same cache the splatting uses)."""
+        prepared = self._cache.get(view, width, height)
+        return prepared.image, prepared.camera
+
     def _require_camera(self) -> PinholeCamera:
         if self.camera is None:
             raise CityEnvError(

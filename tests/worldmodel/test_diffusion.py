@@ -204,7 +204,16 @@ def test_freeze_frame_interpolation_keeps_keyframe_latents(model: DiffusionWorld
         seq.clean_targets = torch.tensor([True, False, True])
         noise = torch.randn(1, 4, 3, 8, 8)
         noise[:, :, seq.clean_targets] = clean
+        steps = []
+        hook = model.transformer.register_forward_pre_hook(
+            lambda module, args, kwargs: steps.append(kwargs["timestep"].clone()), with_kwargs=True
+        )
         out = model._denoise(seq, noise.clone())
+        hook.remove()
+    # the keyframe latents sit at t=0 in every pass, the others at the sampler's t
+    assert len(steps) == model.settings.num_inference_steps
+    for t in steps:
+        assert t[0, 0] == 0 and t[0, 2] == 0 and t[0, 1] > 0
     torch.testing.assert_close(out[:, :, seq.clean_targets], clean)
     assert not torch.allclose(out[:, :, 1], noise[:, :, 1])
 
@@ -270,3 +279,32 @@ def test_shift_and_steps_are_configurable(scene) -> None:
     assert len(low.scheduler.timesteps) == 3
     assert high.scheduler.timesteps[1] > low.scheduler.timesteps[1]  # more time at high noise
     assert not np.array_equal(rollout(low, scene, chunks=1)[1], rollout(high, scene, chunks=1)[1])
+
+
+def test_reference_rays_use_the_references_own_camera(model: DiffusionWorldModel, scene) -> None:
+    from cityenv.geometry.rays import plucker_rays
+
+    start, views = scene
+    wide = PinholeCamera.from_fov(96, 48, 120.0)  # another size and field of view than the frames
+    image = np.zeros((48, 96, 3), np.uint8)
+    other = ReferenceView(7, image, np.full((48, 96), 5.0, np.float32), wide, views[1].pose, "t1")
+    seq = _sequence(model, scene, ChunkReferences([other], np.zeros(L, np.int64), None))
+    trajectory = chunk(start, 0)
+    expected = plucker_rays(wide.rescaled(8, 8), other.pose, trajectory.matrices[0])
+    torch.testing.assert_close(seq.reference_rays[0, :6, 0], expected)
+    as_target = plucker_rays(CAMERA.rescaled(8, 8), other.pose, trajectory.matrices[0])
+    assert not torch.allclose(seq.reference_rays[0, :6, 0], as_target)
+
+
+def test_history_zero_uses_no_history(scene) -> None:
+    wm = DiffusionWorldModel.from_preset("tiny", device="cpu", history=0)
+    start, views = scene
+    wm.reset(pose=start, camera=CAMERA, references=refs(views, 1))
+    assert [wm.generate(chunk(start, i), refs(views)).info["history"] for i in range(2)] == [0, 0]
+
+
+def test_dtype_names_from_configs_work() -> None:
+    wm = DiffusionWorldModel.from_preset("tiny", device="cpu", torch_dtype="bfloat16")
+    assert wm.transformer.proj_out.weight.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="torch_dtype must be a torch.dtype or its name"):
+        DiffusionWorldModel.from_preset("tiny", torch_dtype="bfloat17")

@@ -20,8 +20,12 @@ def _inputs(frames: int = 4, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]
     return torch.randn(1, 4, frames, 8, 8, generator=g), torch.randn(1, 5, 16, generator=g)
 
 
-def test_stock_positions_equal_the_wan_model(wan: WanTransformer3DModel, dit: CityDiT) -> None:
+@pytest.mark.parametrize("size", [(8, 8), (8, 12)])
+def test_stock_positions_equal_the_wan_model(
+    wan: WanTransformer3DModel, dit: CityDiT, size: tuple[int, int]
+) -> None:
     x, text = _inputs()
+    x = torch.randn(1, 4, 4, *size, generator=torch.Generator().manual_seed(2))
     t = torch.tensor([700.0])
     with torch.no_grad():
         expected = wan(x, t, text).sample
@@ -30,7 +34,7 @@ def test_stock_positions_equal_the_wan_model(wan: WanTransformer3DModel, dit: Ci
     torch.testing.assert_close(scalar_t, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(per_token_t, expected, atol=1e-5, rtol=1e-5)
     # The table gather is Wan's own rotary embedding for 0..F-1.
-    cos, sin = dit.rotary_embedding(torch.arange(4), 8, 8)
+    cos, sin = dit.rotary_embedding(torch.arange(4), *size)
     wan_cos, wan_sin = wan.rope(x)
     assert torch.equal(cos, wan_cos) and torch.equal(sin, wan_sin)
 
@@ -126,3 +130,23 @@ def test_bad_inputs_say_what_was_expected(dit: CityDiT) -> None:
         dit(x[:, :3], torch.zeros(1), text, torch.arange(4))
     with pytest.raises(FileNotFoundError, match="Wan transformer folder"):
         CityDiT.from_wan("/nonexistent/wan")
+
+
+def test_from_wan_in_bfloat16_keeps_wans_fp32_modules(tmp_path, wan) -> None:
+    wan.save_pretrained(tmp_path / "wan" / "transformer")
+    model = CityDiT.from_wan(tmp_path / "wan", torch_dtype=torch.bfloat16)
+    assert model.proj_out.weight.dtype == torch.bfloat16
+    assert model.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    for name in ("scale_shift_table", "blocks.0.scale_shift_table"):
+        assert model.get_parameter(name).dtype == torch.float32, name
+    assert model.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
+    assert model.rope.freqs_cos.dtype == torch.float32
+
+
+def test_from_wan_refuses_image_to_video_models() -> None:
+    i2v = WanTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=12, in_channels=8, out_channels=4,
+        text_dim=16, freq_dim=32, ffn_dim=48, num_layers=1,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="takes 8 channels for 4 latent ones"):
+        CityDiT.from_wan(i2v)

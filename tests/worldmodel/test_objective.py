@@ -122,3 +122,28 @@ def test_a_tiny_model_learns_a_chunk_through_every_condition() -> None:
     after = probe_loss()
     print(f"probe loss {before:.3f} -> {after:.3f}")
     assert after < 0.6 * before
+
+
+def test_clean_keyframe_latents_stay_clean_and_out_of_the_loss() -> None:
+    model = DiffusionWorldModel.from_preset("tiny", device="cpu")
+    seq = _chunk_sequence(model)
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randn(1, 4, 1, 4, 4, generator=g)
+    noise = torch.randn(1, 4, 1, 4, 4, generator=g)
+    seen = []
+    model.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["hidden_states"].clone()), with_kwargs=True
+    )
+    seq.clean_targets = torch.tensor([True])  # the only target is a keyframe
+    loss = flow_matching_loss(
+        model.transformer, seq, targets, timestep=700.0, noise=noise, settings=model.settings
+    )
+    target = seen[-1][:, :, seq.layout.target_slice]
+    torch.testing.assert_close(target, targets)  # fed clean, not noised
+    assert loss.item() == 0.0  # nothing left to learn
+    seq.clean_targets = torch.tensor([False])
+    loss = flow_matching_loss(
+        model.transformer, seq, targets, timestep=700.0, noise=noise, settings=model.settings
+    )
+    noised = seen[-1][:, :, seq.layout.target_slice]
+    assert loss.item() > 0 and not torch.allclose(noised, targets)

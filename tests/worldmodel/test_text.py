@@ -241,6 +241,10 @@ def test_t5_missing_folders(wan_folder, tmp_path):
     )
     with pytest.raises(FileNotFoundError, match="text_encoder has config.json but no weights"):
         T5TextEncoder(tmp_path)
+    torch.save({}, tmp_path / "text_encoder" / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match=r"pickled weights, pytorch_model.bin, .* refused"):
+        T5TextEncoder(tmp_path)
+    (tmp_path / "text_encoder" / "pytorch_model.bin").unlink()
     (tmp_path / "text_encoder" / "model.safetensors").write_bytes(
         (wan_folder / "text_encoder" / "model.safetensors").read_bytes()
     )
