@@ -593,7 +593,14 @@ class DiffusionWorldModel(WorldModel):
         """
         camera = self._require_camera()
         plan = plan_freeze_frames(key_times, len(trajectory))
-        keys = _to_video(np.asarray(keyframes), self.device, self._dtype)  # (1, 3, N, H, W)
+        keyframes = np.asarray(keyframes)
+        want = (plan.num_keyframes, camera.height, camera.width, 3)
+        if keyframes.shape != want or keyframes.dtype != np.uint8:
+            raise ShapeMismatchError(
+                f"keyframes: expected uint8 {want} (one per key time, at the camera's size), got "
+                f"{keyframes.dtype} {keyframes.shape}; resize them to the frame size first."
+            )
+        keys = _to_video(keyframes, self.device, self._dtype)  # (1, 3, N, H, W)
         with torch.no_grad():
             clean = self._encode_keyframes(keys)
             poses = trajectory.matrices[plan.expanded_times]  # (expanded, 4, 4)

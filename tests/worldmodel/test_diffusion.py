@@ -188,6 +188,8 @@ def test_freeze_frame_interpolation_keeps_keyframe_latents(model: DiffusionWorld
     )
     video = model.interpolate(keys, [0, 5], trajectory)
     assert video.shape == (10, 64, 64, 3) and video.dtype == np.uint8
+    with pytest.raises(ShapeMismatchError, match=r"expected uint8 \(2, 64, 64, 3\)"):
+        model.interpolate(keys[:, :32], [0, 5], trajectory)
     # the keyframe latents stay clean while the sampler runs around them
     with torch.no_grad():
         clean = model._encode_keyframes(
