@@ -7,19 +7,11 @@ import pytest
 import torch
 
 from cityenv.errors import ShapeMismatchError
+from cityenv.worldmodel.diffusion import load_preset
 from cityenv.worldmodel.freeze import FreezeFramePlan, plan_freeze_frames
 from cityenv.worldmodel.vae import VideoVAE
 
-TINY = dict(
-    base_dim=8,
-    z_dim=4,
-    dim_mult=[1, 2, 2, 2],
-    num_res_blocks=1,
-    attn_scales=[],
-    temperal_downsample=[False, True, True],
-    latents_mean=[0.0] * 4,
-    latents_std=[1.0] * 4,
-)
+TINY = load_preset("tiny")["vae"]  # the tests' VAE: configs/worldmodel/tiny.yaml
 
 
 def test_hand_worked_plan():
