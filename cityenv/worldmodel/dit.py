@@ -251,7 +251,8 @@ class CityDiT(ModelMixin, ConfigMixin):
         Returns:
             The model, in eval mode.
         """
-        if not isinstance(wan, WanTransformer3DModel):
+        given = isinstance(wan, WanTransformer3DModel)
+        if not given:
             wan = _load_wan_transformer(Path(wan), torch_dtype)
         cfg = wan.config
         if cfg.image_dim is not None or cfg.added_kv_proj_dim is not None:
@@ -267,35 +268,44 @@ class CityDiT(ModelMixin, ConfigMixin):
                 "(an image-to-video model concatenating a condition). Use a T2V (or TI2V) "
                 "checkpoint: CityDiT adds its own warp and mask channels."
             )
-        model = cls(
-            patch_size=tuple(cfg.patch_size),
-            num_attention_heads=cfg.num_attention_heads,
-            attention_head_dim=cfg.attention_head_dim,
-            latent_channels=cfg.out_channels or cfg.in_channels,
-            warp_channels=warp_channels,
-            mask_channels=mask_channels,
-            plucker_channels=plucker_channels,
-            text_dim=cfg.text_dim,
-            freq_dim=cfg.freq_dim,
-            ffn_dim=cfg.ffn_dim,
-            num_layers=cfg.num_layers,
-            cross_attn_norm=cfg.cross_attn_norm,
-            qk_norm=cfg.qk_norm,
-            eps=cfg.eps,
-            rope_max_seq_len=cfg.rope_max_seq_len,
-        )
-        state = dict(wan.state_dict())
+        with torch.device("meta"):  # no weights yet: Wan's tensors are moved in below
+            model = cls(
+                patch_size=tuple(cfg.patch_size),
+                num_attention_heads=cfg.num_attention_heads,
+                attention_head_dim=cfg.attention_head_dim,
+                latent_channels=cfg.out_channels or cfg.in_channels,
+                warp_channels=warp_channels,
+                mask_channels=mask_channels,
+                plucker_channels=plucker_channels,
+                text_dim=cfg.text_dim,
+                freq_dim=cfg.freq_dim,
+                ffn_dim=cfg.ffn_dim,
+                num_layers=cfg.num_layers,
+                cross_attn_norm=cfg.cross_attn_norm,
+                qk_norm=cfg.qk_norm,
+                eps=cfg.eps,
+                rope_max_seq_len=cfg.rope_max_seq_len,
+            )
+        # Wan's own tensors become CityDiT's (one copy in memory; a model that was handed in is
+        # copied so the two stay independent); the new inputs start at zero.
+        state = {k: v.detach().clone() if given else v for k, v in wan.state_dict().items()}
         patch = state.pop("patch_embedding.weight")
-        weight = torch.zeros_like(model.patch_embedding.weight, dtype=patch.dtype)
+        weight = patch.new_zeros(model.patch_embedding.weight.shape)
         weight[:, : patch.shape[1]] = patch
         state["patch_embedding.weight"] = weight
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        for name, param in model.plucker_embedding.named_parameters():
+            state[f"plucker_embedding.{name}"] = patch.new_zeros(param.shape)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         unexpected = [k for k in unexpected if "norm_added_q" not in k]
-        if unexpected or set(missing) - {"plucker_embedding.weight", "plucker_embedding.bias"}:
+        if unexpected or missing:
             raise ValueError(
                 f"the Wan weights do not fit CityDiT: missing {sorted(missing)}, unexpected "
                 f"{sorted(unexpected)}."
             )
+        # RoPE tables are computed, not saved: build them for real.
+        model.rope = WanRotaryPosEmbed(
+            cfg.attention_head_dim, tuple(cfg.patch_size), cfg.rope_max_seq_len
+        ).to(patch.device)
         if torch_dtype is not None:
             cast_keeping_fp32(model, torch_dtype)
         return model.eval()

@@ -112,6 +112,14 @@ def test_random_init_uses_conditions_and_rays() -> None:
 def test_from_wan_folder_round_trip(tmp_path, wan: WanTransformer3DModel, dit: CityDiT) -> None:
     wan.save_pretrained(tmp_path / "wan" / "transformer")
     loaded = CityDiT.from_wan(tmp_path / "wan")
+    tensors = [*loaded.parameters(), *loaded.buffers()]
+    assert not any(t.is_meta for t in tensors)  # built on the meta device, every tensor filled
+    assert loaded.plucker_embedding.weight.abs().sum() == 0
+    local = CityDiT.from_wan(wan)
+    before = wan.blocks[0].ffn.net[2].weight.clone()
+    with torch.no_grad():  # a model handed in is copied, not shared
+        local.blocks[0].ffn.net[2].weight.add_(1.0)
+    assert torch.equal(wan.blocks[0].ffn.net[2].weight, before)
     for (name, a), b in zip(dit.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     dit.save_pretrained(tmp_path / "city")
