@@ -299,6 +299,7 @@ class DiffusionWorldModel(WorldModel):
         self._generator = torch.Generator("cpu").manual_seed(0)
         self.camera: PinholeCamera | None = None
         self.reset_info: dict[str, Any] = {}
+        self.checkpoint: Path | None = None  # the folder of from_pretrained (a trained model)
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -439,7 +440,7 @@ class DiffusionWorldModel(WorldModel):
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler")
         rollout = {**meta["rollout"], **settings}
         rollout["guidance_drop"] = tuple(rollout.get("guidance_drop", ()))
-        return cls(
+        model = cls(
             transformer=transformer,
             vae=vae,
             scheduler=scheduler,
@@ -447,6 +448,8 @@ class DiffusionWorldModel(WorldModel):
             settings=RolloutSettings(**rollout),
             device=device,
         )
+        model.checkpoint = path
+        return model
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the model to one folder: ``config.json`` + ``transformer/``, ``vae/`` and
@@ -471,14 +474,15 @@ class DiffusionWorldModel(WorldModel):
 
     # --- WorldModel API -------------------------------------------------------------------------
     def check_settings(self, camera: PinholeCamera, chunk_length: int) -> None:
-        """Frames must be multiples of 16 pixels and chunks multiples of 4 frames.
+        """Frames must be multiples of 16 pixels and chunks multiples of 4 frames; a trained
+        model (:attr:`checkpoint`) warns at another chunk length than it was set up for.
 
         Raises:
             ShapeMismatchError: Saying which value to use instead.
         """
         _check_camera(camera, self.vae.spatial_ratio * self.transformer.config.patch_size[1])
         _num_latents(chunk_length, self.vae.temporal_ratio)
-        if chunk_length != self.settings.chunk_frames:
+        if self.checkpoint is not None and chunk_length != self.settings.chunk_frames:
             warnings.warn(
                 f"chunk_length={chunk_length} differs from the {self.settings.chunk_frames}-frame "
                 "chunks this model was set up for (RolloutSettings.chunk_frames); a trained model "

@@ -310,3 +310,18 @@ def test_dtype_names_from_configs_work() -> None:
     assert wm.transformer.proj_out.weight.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="torch_dtype must be a torch.dtype or its name"):
         DiffusionWorldModel.from_preset("tiny", torch_dtype="bfloat17")
+
+
+def test_a_trained_model_warns_at_another_chunk_length(tmp_path, model: DiffusionWorldModel):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.check_settings(CAMERA, 8)  # random weights: any multiple of 4 is as good
+    loaded = DiffusionWorldModel.from_pretrained(model.save_pretrained(tmp_path / "wm"))
+    assert loaded.checkpoint == tmp_path / "wm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded.check_settings(CAMERA, 12)  # the length it was set up for
+    with pytest.warns(UserWarning, match="chunk_length=8 differs from the 12-frame chunks"):
+        loaded.check_settings(CAMERA, 8)
