@@ -439,7 +439,6 @@ class DiffusionWorldModel(WorldModel):
         vae = VideoVAE.from_pretrained(path / "vae", torch_dtype=torch_dtype)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler")
         rollout = {**meta["rollout"], **settings}
-        rollout["guidance_drop"] = tuple(rollout.get("guidance_drop", ()))
         model = cls(
             transformer=transformer,
             vae=vae,
