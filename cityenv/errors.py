@@ -7,6 +7,9 @@ expected, what came, and what to do.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class CityEnvError(Exception):
     """Base class of every cityenv error."""
@@ -83,3 +86,57 @@ class OutOfCoverageError(CityEnvError, ValueError):
 
 class CityDataNotFoundError(CityEnvError, FileNotFoundError):
     """No street-view database was given or found for a city; says how to build one."""
+
+
+# --- helpers --------------------------------------------------------------------------------
+def unknown_name(
+    kind: str,
+    name: object,
+    choices: Iterable[str],
+    *,
+    error: type[CityEnvError] = UnknownNameError,
+    advice: str = "",
+) -> CityEnvError:
+    """The error for a name that is not one of ``choices``, with "Did you mean ...?".
+
+    Every "unknown name" message of the project comes from here, so they all read alike:
+    ``"<kind> must be one of [...], got 'x'. Did you mean 'y'? <advice>"``.
+
+    Args:
+        kind: What the name names, for the message (``"weather"``, ``"action_mode"``).
+        name: The name given.
+        choices: The known names.
+        error: The exception class to build (an :class:`UnknownNameError` by default; a
+            module's own error class where its callers catch that one).
+        advice: A sentence appended to the message (what to do).
+
+    Returns:
+        The exception, to ``raise``.
+    """
+    known = sorted(str(c) for c in choices)
+    close = difflib.get_close_matches(str(name), known, n=1)
+    message = f"{kind} must be one of {known}, got {name!r}."
+    if close:
+        message += f" Did you mean {close[0]!r}?"
+    if advice:
+        message += f" {advice}"
+    return error(message)
+
+
+def check_name(
+    kind: str,
+    name: object,
+    choices: Iterable[str],
+    *,
+    error: type[CityEnvError] = UnknownNameError,
+    advice: str = "",
+) -> str:
+    """``name`` as a string if it is one of ``choices``; else raises :func:`unknown_name`'s error.
+
+    Raises:
+        UnknownNameError: (or ``error``) If ``name`` is not known.
+    """
+    known = [str(c) for c in choices]
+    if isinstance(name, str) and name in known:
+        return name
+    raise unknown_name(kind, name, known, error=error, advice=advice)
