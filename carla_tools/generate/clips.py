@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from carla_tools.conditions import solar_position
 from carla_tools.generate.captions import caption
 from carla_tools.generate.split import AreaSplit, cell_name
 from carla_tools.generate.trajectories import (
@@ -19,7 +20,6 @@ from carla_tools.generate.trajectories import (
     make_trajectory,
     trajectory_headings,
 )
-from carla_tools.town.sky import solar_position
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.pose import Trajectory

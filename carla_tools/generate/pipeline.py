@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from carla_tools.backends import make_simulator
 from carla_tools.generate.clips import (
     ClipTask,
     clear_start_time,
@@ -50,7 +51,6 @@ from carla_tools.generate.references import (
 from carla_tools.generate.split import AreaSplit, cell_name
 from carla_tools.generate.store import ClipStore
 from carla_tools.generate.trajectories import LaneGraph
-from carla_tools.sim import make_simulator
 from cityenv.citydb.writer import CityDBWriter
 from cityenv.geometry.camera import PinholeCamera
 

@@ -5,8 +5,9 @@ position is ``(s0 + speed * t) mod loop_length`` with ``t`` the world time in se
 :data:`EPOCH`, so any two world times give different, reproducible traffic and a short step of
 time moves everyone continuously. Slots on one vehicle loop share one speed and are spaced at
 least a bus length apart, so vehicles in a lane never overlap. Whether a slot is occupied depends on
-the time of day (rush hours are busier): slot ``i`` is active while its fixed random threshold is
-below the current density. Vehicles of crossing roads ignore each other (no right of way yet).
+the time of day (rush hours are busier, :func:`carla_tools.conditions.traffic_density`): slot
+``i`` is active while its fixed random threshold is below the current density. Vehicles of
+crossing roads ignore each other (no right of way yet).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from carla_tools.conditions import pedestrian_density, to_utc, traffic_density
 from carla_tools.town.layout import CURB_HEIGHT, TownLayout
-from carla_tools.town.sky import to_utc
 
 EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 """World time zero."""
@@ -42,20 +43,6 @@ _CLOTHES = np.array([
 def world_seconds(when: datetime) -> float:
     """Seconds from :data:`EPOCH` to ``when`` (naive = UTC)."""
     return (to_utc(when) - EPOCH).total_seconds()
-
-
-def traffic_density(local_hour: float) -> float:
-    """Fraction of vehicle slots in use at a local hour of day: quiet nights, two rush hours."""
-    h = local_hour % 24.0
-    bump = lambda c, w: np.exp(-0.5 * ((h - c) / w) ** 2)  # noqa: E731
-    return float(np.clip(0.08 + 0.30 * bump(13.0, 4.5) + 0.35 * (bump(8.5, 1.3) + bump(18.5, 1.6)),
-                         0.0, 0.8))  # fmt: skip
-
-
-def pedestrian_density(local_hour: float) -> float:
-    """Fraction of pedestrian slots in use at a local hour of day."""
-    h = local_hour % 24.0
-    return float(np.clip(0.03 + 0.35 * np.exp(-0.5 * ((h - 14.5) / 4.5) ** 2), 0.0, 0.6))
 
 
 class LoopSet:

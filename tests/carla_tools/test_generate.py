@@ -83,7 +83,7 @@ def test_clip_store_reads_back_the_planned_poses(run):
     assert [r["clip_id"] for r in index] == [f"clip-{i:05d}" for i in range(4)]
     with CityDB.open(settings.out / "citydb") as db:
         frame = db.frame
-    from carla_tools.sim import make_simulator
+    from carla_tools.backends import make_simulator
 
     with make_simulator("town", seed=1, blocks=(1, 1)) as sim:
         assert sim.frame == frame
