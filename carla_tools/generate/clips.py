@@ -217,7 +217,7 @@ def render_clip(sim: Any, task: ClipTask) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def clip_meta(task: ClipTask, frame: LocalFrame) -> dict[str, Any]:
-    """The clip's index row (see :data:`carla_tools.generate.store.INDEX_SCHEMA`)."""
+    """The clip's index row (see :data:`cityenv.citydb.clips.INDEX_SCHEMA`)."""
     elevation, _ = solar_position(task.start_time, frame.lat, frame.lon)
     t = task.start_time
     local_hour = (t.hour + t.minute / 60 + frame.lon / 15.0) % 24.0

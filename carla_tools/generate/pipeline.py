@@ -49,7 +49,7 @@ from carla_tools.generate.references import (
     view_poses,
 )
 from carla_tools.generate.split import AreaSplit, cell_name
-from carla_tools.generate.store import ClipStore
+from carla_tools.generate.store import ClipStoreWriter
 from carla_tools.generate.trajectories import LaneGraph
 from cityenv.citydb.writer import CityDBWriter
 from cityenv.geometry.camera import PinholeCamera
@@ -241,7 +241,7 @@ def _open_sim(sim: SimSettings) -> Any:
 
 def _init_worker(sim: SimSettings, store_root: str) -> None:
     _WORKER["sim"] = _open_sim(sim)
-    _WORKER["store"] = ClipStore(store_root)
+    _WORKER["store"] = ClipStoreWriter(store_root)
 
 
 def render_reference(sim: Any, task: ReferenceTask, camera: PinholeCamera) -> dict[str, Any]:
@@ -264,7 +264,7 @@ def render_reference(sim: Any, task: ReferenceTask, camera: PinholeCamera) -> di
     }
 
 
-def _do(item: tuple[str, Any, Any], sim: Any, store: ClipStore) -> tuple[str, Any, dict]:
+def _do(item: tuple[str, Any, Any], sim: Any, store: ClipStoreWriter) -> tuple[str, Any, dict]:
     """Run one work item; returns ``(kind, result, seconds)``."""
     kind, task, extra = item
     t0 = time.perf_counter()
@@ -288,7 +288,7 @@ def _results(
     """Results of the work items, inline (``workers == 0``) or from a spawn-context pool."""
     store_root = str(settings.out / "clips")
     if workers <= 0 or not items:
-        store = ClipStore(store_root)
+        store = ClipStoreWriter(store_root)
         for item in items:
             yield _do(item, sim, store)
         return
@@ -343,7 +343,7 @@ def _write_split(out: Path, plan: Plan) -> None:
 
 # --- the run -------------------------------------------------------------------------------------
 def _pending_items(
-    plan: Plan, writer: CityDBWriter, store: ClipStore, settings: GenerateSettings, frame: Any
+    plan: Plan, writer: CityDBWriter, store: ClipStoreWriter, settings: GenerateSettings, frame: Any
 ) -> list[tuple[str, Any, Any]]:
     ref_camera = PinholeCamera.from_fov(
         settings.references.size, settings.references.size, settings.references.fov_deg
@@ -400,7 +400,7 @@ def _run_items(
 ) -> None:
     """Render the pending items, write references to the CityDB, then the indices."""
     out = Path(settings.out)
-    store = ClipStore(out / "clips")
+    store = ClipStoreWriter(out / "clips")
     store.clean()
     path = citydb_path(out, settings.shard, settings.num_shards)
     t0 = time.perf_counter()
