@@ -11,19 +11,19 @@ Modules: :mod:`~carla_tools.generate.trajectories` (vehicle, pedestrian and free
 (clip plans and rendering), :mod:`~carla_tools.generate.store` (the clip store writer; the
 format and the reader are :mod:`cityenv.citydb.clips`, ``docs/clips.md``),
 :mod:`~carla_tools.generate.split` (train / test by area),
-:mod:`~carla_tools.generate.captions`, :mod:`~carla_tools.generate.pipeline` (the run).
+:mod:`~carla_tools.generate.captions`, :mod:`~carla_tools.generate.settings` (typed settings,
+the one source of defaults), :mod:`~carla_tools.generate.config` (their Hydra registration),
+:mod:`~carla_tools.generate.pipeline` (the run).
 """
 
 from __future__ import annotations
 
-from carla_tools.generate.pipeline import (
+from carla_tools.generate.pipeline import Summary, generate, merge_shards
+from carla_tools.generate.settings import (
     ClipSettings,
     GenerateSettings,
     ReferenceSettings,
     SimSettings,
-    Summary,
-    generate,
-    merge_shards,
 )
 from carla_tools.generate.split import AreaSplit, split_traversals
 from carla_tools.generate.store import ClipStoreWriter
