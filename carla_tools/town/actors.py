@@ -19,6 +19,7 @@ import numpy as np
 
 from carla_tools.conditions import pedestrian_density, to_utc, traffic_density
 from carla_tools.town.layout import CURB_HEIGHT, TownLayout
+from cityenv.cache import LRUCache
 
 EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 """World time zero."""
@@ -130,7 +131,8 @@ class TrafficModel:
         self.pedestrian_loops = LoopSet(layout.pedestrian_loops)
         self._veh = self._vehicle_slots(rng)
         self._ped = self._pedestrian_slots(rng)
-        self._active_cache: dict[tuple[int, int], _Active] = {}
+        # occupied slots per (slot set, count): the count changes only with the hour of day
+        self._active_cache: LRUCache[tuple[str, int], _Active] = LRUCache(64)
 
     def _vehicle_slots(self, rng: np.random.Generator) -> _Slots:
         lengths = self.vehicle_loops.lengths
@@ -196,21 +198,24 @@ class TrafficModel:
     def _active(self, slots: _Slots, density: float) -> _Active:
         """The occupied slots at a density, grouped by kind (cached: it changes only rarely)."""
         n = int(np.sum(slots.threshold < density))
-        key = (id(slots), n)
-        if key not in self._active_cache:
-            if len(self._active_cache) > 64:
-                self._active_cache.clear()
-            idx = np.flatnonzero(slots.threshold < density)
-            idx = idx[np.argsort(slots.kind[idx], kind="stable")]  # kinds contiguous, slot order
-            kind = slots.kind[idx]
-            z = CURB_HEIGHT if slots is self._ped else 0.0
-            rows = _rows(np.zeros((len(idx), 2)), np.full(len(idx), z), np.zeros(len(idx)),
-                         slots.color_a[idx], slots.color_b[idx], slots.scale[idx])  # fmt: skip
-            splits = np.searchsorted(kind, [1, 2])
-            self._active_cache[key] = _Active(
-                slots.loop[idx], slots.s0[idx], slots.speed[idx], slots.lateral[idx], rows, splits
-            )
-        return self._active_cache[key]
+        which = "pedestrian" if slots is self._ped else "vehicle"
+        return self._active_cache.get_or_create(
+            (which, n), lambda: self._occupy(slots, density, which == "pedestrian")
+        )
+
+    @staticmethod
+    def _occupy(slots: _Slots, density: float, on_sidewalk: bool) -> _Active:
+        """The slots below ``density``, kinds contiguous, with their instance rows."""
+        idx = np.flatnonzero(slots.threshold < density)
+        idx = idx[np.argsort(slots.kind[idx], kind="stable")]  # kinds contiguous, slot order
+        kind = slots.kind[idx]
+        z = CURB_HEIGHT if on_sidewalk else 0.0
+        rows = _rows(np.zeros((len(idx), 2)), np.full(len(idx), z), np.zeros(len(idx)),
+                     slots.color_a[idx], slots.color_b[idx], slots.scale[idx])  # fmt: skip
+        splits = np.searchsorted(kind, [1, 2])
+        return _Active(
+            slots.loop[idx], slots.s0[idx], slots.speed[idx], slots.lateral[idx], rows, splits
+        )
 
 
 @dataclass(frozen=True)
