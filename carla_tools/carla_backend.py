@@ -12,10 +12,12 @@ How the CARLA world maps onto :class:`carla_tools.sim.Simulator`:
 - World time is cityenv's clock (UTC). CARLA cannot rewind traffic: :meth:`set_time` to a later
   time (up to ``max_catch_up_s`` ahead) simulates forward by the difference; to an earlier time,
   or further ahead, it respawns the traffic with a seed derived from ``(seed, time)``
-  (:func:`carla_convert.traffic_seed`), scaled by the procedural town's time-of-day densities. A
-  respawned world is a plausible state for that time, not the continuation of an earlier run.
-- The sun follows the time (the same solar position as the procedural town) and the weather
-  names map to CARLA weather parameters (:func:`carla_convert.weather_parameters`).
+  (:func:`carla_convert.traffic_seed`), scaled by the time-of-day densities the procedural town
+  uses too (:mod:`carla_tools.conditions`). A respawned world is a plausible state for that
+  time, not the continuation of an earlier run.
+- The sun follows the time (:func:`carla_tools.conditions.solar_position`, as in the procedural
+  town) and the weather names map to CARLA weather parameters
+  (:func:`carla_convert.weather_parameters`).
 - :meth:`render` moves a rig of RGB, depth and semantic cameras (one rig per intrinsics, reused)
   to the pose and ticks the world ``settle_ticks + 1`` times with a short step
   ``render_delta_s`` so that actors barely move; the world clock does not advance.
@@ -43,8 +45,6 @@ from carla_tools.carla_convert import (
     camera_blueprint_attributes,
     compose_render,
     group_lanes,
-    local_noon_utc,
-    local_solar_hour,
     plan_time_change,
     pose_to_carla_transform,
     raw_to_bgra,
@@ -53,9 +53,16 @@ from carla_tools.carla_convert import (
     traffic_seed,
     weather_parameters,
 )
-from carla_tools.sim import WEATHERS, Render, RoadNetwork, Simulator, check_choice
-from carla_tools.town.actors import pedestrian_density, traffic_density
-from carla_tools.town.sky import solar_position, to_utc
+from carla_tools.conditions import (
+    check_weather,
+    local_noon_utc,
+    local_solar_hour,
+    pedestrian_density,
+    solar_position,
+    to_utc,
+    traffic_density,
+)
+from carla_tools.sim import Render, RoadNetwork, Simulator
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.pose import Pose
@@ -359,12 +366,12 @@ class CarlaSimulator(Simulator):
         return self._network
 
     def set_weather(self, name: str) -> None:
-        """Set the weather, one of :data:`~carla_tools.sim.WEATHERS`.
+        """Set the weather, one of :data:`~carla_tools.conditions.WEATHERS`.
 
         Raises:
             UnknownNameError: For an unknown name (says "Did you mean ...?").
         """
-        self._weather = check_choice("weather", name, WEATHERS)
+        self._weather = check_weather(name)
         self._apply_weather()
 
     def set_time(self, when: datetime, *, sun_time: datetime | None = None) -> None:

@@ -32,13 +32,14 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from carla_tools.sim import WEATHERS, Render, RoadNetwork, check_choice
+from carla_tools.conditions import check_weather, to_utc
+from carla_tools.sim import Render, RoadNetwork
 from cityenv.errors import InvalidCameraError, ShapeMismatchError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
@@ -66,8 +67,6 @@ __all__ = [
     "dynamic_mask",
     "enu_to_carla_location",
     "group_lanes",
-    "local_noon_utc",
-    "local_solar_hour",
     "plan_time_change",
     "pose_to_carla_transform",
     "raw_to_bgra",
@@ -401,7 +400,7 @@ def weather_parameters(name: str, sun_elevation_deg: float, sun_azimuth_deg: flo
     """Keyword arguments of ``carla.WeatherParameters`` for a weather and a sun position.
 
     Args:
-        name: One of :data:`carla_tools.sim.WEATHERS`.
+        name: One of :data:`carla_tools.conditions.WEATHERS`.
         sun_elevation_deg: Sun elevation, degrees (negative at night).
         sun_azimuth_deg: Sun compass azimuth, degrees clockwise from north.
 
@@ -411,28 +410,10 @@ def weather_parameters(name: str, sun_elevation_deg: float, sun_azimuth_deg: flo
     Raises:
         UnknownNameError: For an unknown weather (the message says "Did you mean ...?").
     """
-    params = dict(_WEATHER_PRESETS[check_choice("weather", name, WEATHERS)])
+    params = dict(_WEATHER_PRESETS[check_weather(name)])
     params["sun_altitude_angle"] = float(sun_elevation_deg)
     params["sun_azimuth_angle"] = compass_to_carla_sun_azimuth(sun_azimuth_deg)
     return params
-
-
-def _utc(when: datetime) -> datetime:
-    return (
-        when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
-    )
-
-
-def local_solar_hour(when: datetime, lon: float) -> float:
-    """Mean solar hour of day ``[0, 24)`` at a longitude (UTC hour + lon / 15)."""
-    t = _utc(when)
-    return (t.hour + t.minute / 60 + t.second / 3600 + lon / 15.0) % 24.0
-
-
-def local_noon_utc(lon: float, day: date = date(2024, 5, 1)) -> datetime:
-    """The UTC time of mean solar noon on ``day`` at a longitude."""
-    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-    return start + timedelta(hours=(12.0 - lon / 15.0) % 24.0)
 
 
 def traffic_seed(seed: int, when: datetime) -> int:
@@ -445,7 +426,7 @@ def traffic_seed(seed: int, when: datetime) -> int:
     Returns:
         A seed in ``[0, 2**31)`` (what CARLA's Traffic Manager and walker seeds accept).
     """
-    stamp = int(math.floor(_utc(when).timestamp()))
+    stamp = int(math.floor(to_utc(when).timestamp()))
     state = np.random.SeedSequence([int(seed), stamp & 0xFFFFFFFF, (stamp >> 32) & 0xFFFFFFFF])
     return int(state.generate_state(1)[0] & 0x7FFFFFFF)
 
@@ -459,7 +440,7 @@ def plan_time_change(current: datetime, target: datetime, max_catch_up_s: float)
         Seconds to simulate forward when ``0 <= target - current <= max_catch_up_s``; ``None``
         when the traffic must be respawned instead (going back, or too far ahead to simulate).
     """
-    delta = (_utc(target) - _utc(current)).total_seconds()
+    delta = (to_utc(target) - to_utc(current)).total_seconds()
     return delta if 0.0 <= delta <= max_catch_up_s else None
 
 

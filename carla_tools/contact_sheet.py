@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from carla_tools.generate.store import ClipStore
+from cityenv.citydb.clips import ClipInfo, ClipStore
 from cityenv.citydb.reader import CityDB
 
 _BG = (24, 24, 24)
@@ -55,39 +55,39 @@ def reference_rows(db: CityDB, count: int, size: int, columns: int) -> list[np.n
     return rows
 
 
-def _pick_clips(index: list[dict], count: int) -> list[dict]:
+def _pick_clips(clips: list[ClipInfo], count: int) -> list[ClipInfo]:
     """``count`` clips, greedily covering as many weathers, kinds and start hours as possible."""
-    picked: list[dict] = []
+    picked: list[ClipInfo] = []
     seen: dict[str, set] = {"weather": set(), "kind": set(), "hour": set()}
-    rest = list(index)
+    rest = list(clips)
     while rest and len(picked) < count:
 
-        def gain(row: dict) -> int:
-            hour = row["start_time"].hour
+        def gain(info: ClipInfo) -> int:
             return (
-                4 * (row["weather"] not in seen["weather"])
-                + 2 * (row["kind"] not in seen["kind"])
-                + (hour not in seen["hour"])
+                4 * (info.weather not in seen["weather"])
+                + 2 * (info.kind not in seen["kind"])
+                + (info.start_time.hour not in seen["hour"])
             )
 
         best = max(rest, key=gain)
         rest.remove(best)
         picked.append(best)
-        seen["weather"].add(best["weather"])
-        seen["kind"].add(best["kind"])
-        seen["hour"].add(best["start_time"].hour)
+        seen["weather"].add(best.weather)
+        seen["kind"].add(best.kind)
+        seen["hour"].add(best.start_time.hour)
     return picked
 
 
 def clip_rows(store: ClipStore, count: int, size: int, columns: int) -> list[np.ndarray]:
     """Label and frame rows for ``count`` clips of varied weather and kind."""
     rows = []
-    for meta in _pick_clips(store.index().to_pylist(), count):
-        clip = store.read_clip(meta["clip_id"])
-        frames = np.linspace(0, len(clip.rgb) - 1, columns).round().astype(int)
-        when = meta["start_time"].strftime("%H:%MZ")
-        text = f"{meta['clip_id']} [{meta['split']}] {when}: {meta['caption']}"
-        rows += [_label(text, columns * size), _row(list(clip.rgb[frames]), size, columns)]
+    for info in _pick_clips(store.clips(), count):
+        # only the frames shown are kept in memory
+        frames = np.linspace(0, info.num_frames - 1, columns).round().astype(int)
+        rgb = store.read_frames(info.clip_id, frames)
+        when = info.start_time.strftime("%H:%MZ")
+        text = f"{info.clip_id} [{info.split}] {when}: {info.caption}"
+        rows += [_label(text, columns * size), _row(list(rgb), size, columns)]
     return rows
 
 

@@ -6,27 +6,34 @@ expressed in cityenv's conventions: the world's ENU frame (x east, y north, z up
 anchored at a geodetic origin, OpenCV cameras (x right, y down, z forward), camera-to-world poses,
 metric z-depth with 0 = none.
 
-Open a backend by name with :func:`make_simulator` (``"town"`` or ``"carla"``).
+This module knows no backend: open one by name with :func:`carla_tools.backends.make_simulator`
+(``"town"`` or ``"carla"``). What backends share (time, the sun, weather names, traffic
+densities) is in :mod:`carla_tools.conditions`.
 """
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from cityenv.errors import UnknownNameError
+from carla_tools.conditions import WEATHERS
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.pose import Pose
 
-WEATHERS = ("clear", "overcast", "wet", "fog")
-"""Weather names every backend understands."""
+__all__ = [
+    "WEATHERS",
+    "IntersectionLike",
+    "LaneLike",
+    "Render",
+    "RoadNetwork",
+    "Simulator",
+]
 
 
 class LaneLike(Protocol):
@@ -121,7 +128,11 @@ class Simulator(ABC):
 
     @abstractmethod
     def set_weather(self, name: str) -> None:
-        """Set the weather, one of :data:`WEATHERS`."""
+        """Set the weather, one of :data:`carla_tools.conditions.WEATHERS`.
+
+        Raises:
+            UnknownNameError: For an unknown name (the message says "Did you mean ...?").
+        """
 
     @abstractmethod
     def render(self, camera: PinholeCamera, pose: Pose | np.ndarray) -> Render:
@@ -150,65 +161,3 @@ class Simulator(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# --- names and the backend registry -----------------------------------------------------------
-def check_choice(kind: str, name: str, choices: Sequence[str]) -> str:
-    """Return ``name`` if it is one of ``choices``; raise naming the choices otherwise.
-
-    Args:
-        kind: What the name names, for the message (``"weather"``, ``"backend"``).
-        name: The name given.
-        choices: The known names.
-
-    Raises:
-        UnknownNameError: If ``name`` is unknown; the message lists the choices and says
-            "Did you mean ...?" when one is close.
-    """
-    if name in choices:
-        return name
-    close = difflib.get_close_matches(str(name), list(choices), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise UnknownNameError(f"{kind} must be one of {tuple(choices)}, got {name!r}.{hint}")
-
-
-def _make_town(**kwargs: Any) -> Simulator:
-    from carla_tools.town.town import ProceduralTown
-
-    return ProceduralTown(**kwargs)
-
-
-def _make_carla(**kwargs: Any) -> Simulator:
-    # imported here so that cityenv works without the ``carla`` extra
-    from carla_tools.carla_backend import CarlaSimulator
-
-    return CarlaSimulator(**kwargs)
-
-
-_BACKENDS: dict[str, Callable[..., Simulator]] = {"town": _make_town, "carla": _make_carla}
-BACKENDS = tuple(_BACKENDS)
-"""Names accepted by :func:`make_simulator`."""
-
-
-def make_simulator(backend: str = "town", **kwargs: Any) -> Simulator:
-    """Open a simulator backend.
-
-    Args:
-        backend: ``"town"`` (the built-in procedural town,
-            :class:`carla_tools.town.ProceduralTown`) or ``"carla"`` (a CARLA server,
-            :class:`carla_tools.carla_backend.CarlaSimulator`, needs ``pip install
-            "cityenv[carla]"``).
-        **kwargs: Passed to the backend's constructor (e.g. ``seed=3`` or
-            ``host="localhost", port=2000``).
-
-    Returns:
-        The open simulator; close it (or use it as a context manager) when done.
-
-    Raises:
-        UnknownNameError: For an unknown backend name (the message says "Did you mean ...?").
-
-    Example:
-        >>> with make_simulator("town", seed=3) as sim:
-        ...     lanes = sim.road_network().lanes
-    """
-    return _BACKENDS[check_choice("backend", backend, BACKENDS)](**kwargs)

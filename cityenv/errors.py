@@ -65,6 +65,32 @@ class IngestError(CityDBError, ValueError):
     """An ingestion source (CSV, panorama, depth file) is malformed."""
 
 
+# --- clip store -----------------------------------------------------------------------------
+class ClipStoreError(CityEnvError):
+    """Base class of clip store errors (the rendered target clips, ``docs/clips.md``)."""
+
+
+class ClipStoreNotFoundError(ClipStoreError, FileNotFoundError):
+    """The folder holds no clip store (no ``store.json``)."""
+
+
+class ClipStoreFormatError(ClipStoreError, ValueError):
+    """A store, index part, ``clip.json``, frame or pose file is malformed or of another format
+    version."""
+
+
+class ClipNotFoundError(ClipStoreError, KeyError):
+    """No complete clip with the requested id is in the store."""
+
+
+class ClipSplitError(ClipStoreError, ValueError):
+    """A clip of a split the store was not opened for was asked for (test areas in training)."""
+
+
+class FrameRangeError(ClipStoreError, IndexError):
+    """Frame indices outside a clip's ``[0, num_frames)``."""
+
+
 # --- names and configuration ----------------------------------------------------------------
 class UnknownNameError(CityEnvError, ValueError):
     """A name (weather, backend, city, preset) is not one of the known ones; says "did you mean"."""

@@ -9,29 +9,20 @@ Examples::
         hydra/launcher=submitit_slurm
     python -m carla_tools.generate out=data/town stage=merge
 
-See ``docs/generate.md``.
+Every key is a field of :class:`carla_tools.generate.GenerateSettings` (defaults there;
+``--cfg job`` prints the resolved config); see ``docs/generate.md``.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from carla_tools.generate.pipeline import (
-    ClipSettings,
-    GenerateSettings,
-    ReferenceSettings,
-    SimSettings,
-    generate,
-    merge_shards,
-    summary_json,
-)
+from carla_tools.generate.config import register, settings_from_config
+from carla_tools.generate.pipeline import generate, merge_shards, summary_json
 from cityenv.config import config_dir
 
 # The preset group lives in configs/generate/ and is added with hydra.searchpath; Hydra warns
@@ -40,50 +31,20 @@ warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath.*cityenv.
 
 log = logging.getLogger("carla_tools.generate")
 
-
-def _time(text: str) -> datetime:
-    """An ISO 8601 time as an aware UTC datetime (``Z`` and naive mean UTC)."""
-    when = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    return (
-        when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
-    )
-
-
-def settings_from_config(cfg: DictConfig | dict[str, Any]) -> GenerateSettings:
-    """Typed settings from the Hydra config (the only place that reads it)."""
-    c: dict[str, Any] = (
-        OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    )
-    ref, clips = dict(c["references"]), dict(c["clips"])
-    ref["times"] = tuple(_time(t) for t in ref["times"])
-    clips["times"] = tuple(_time(t) for t in clips["times"])
-    clips["kinds"], clips["weathers"] = tuple(clips["kinds"]), tuple(clips["weathers"])
-    return GenerateSettings(
-        out=Path(c["out"]),
-        sim=SimSettings(c["sim"]["backend"], dict(c["sim"].get("options") or {})),
-        references=ReferenceSettings(**ref),
-        clips=ClipSettings(**clips),
-        cell_m=float(c["split"]["cell_m"]),
-        test_fraction=float(c["split"]["test_fraction"]),
-        seed=int(c["seed"]),
-        workers=int(c["workers"]),
-        shard=int(c["shard"]),
-        num_shards=int(c["num_shards"]),
-        city=str(c["city"]),
-        progress=bool(c["progress"]),
-    )
+register()  # the schema must be in the ConfigStore before Hydra composes generate.yaml
 
 
 @hydra.main(version_base=None, config_path=str(config_dir()), config_name="generate")
 def main(cfg: DictConfig) -> None:
     """Generate (or resume) one shard, or merge the shards' CityDBs (``stage=merge``)."""
-    settings = settings_from_config(cfg)
-    if cfg.stage == "merge":
+    try:
+        settings = settings_from_config(cfg)
+    except ValueError as error:  # a value out of range or an unknown name: no traceback needed
+        raise SystemExit(f"python -m carla_tools.generate: {error}") from None
+    if settings.stage == "merge":
         added = merge_shards(settings.out, settings.city, settings.progress)
         log.info("merged %d panoramas into %s", added, settings.out / "citydb")
         return
-    if cfg.stage != "generate":
-        raise ValueError(f"stage must be 'generate' or 'merge', got {cfg.stage!r}.")
     summary = generate(settings)
     log.info("done: %s", summary_json(summary))
 

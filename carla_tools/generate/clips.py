@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from carla_tools.conditions import solar_position
 from carla_tools.generate.captions import caption
 from carla_tools.generate.split import AreaSplit, cell_name
 from carla_tools.generate.trajectories import (
@@ -19,7 +20,6 @@ from carla_tools.generate.trajectories import (
     make_trajectory,
     trajectory_headings,
 )
-from carla_tools.town.sky import solar_position
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.pose import Trajectory
@@ -217,7 +217,7 @@ def render_clip(sim: Any, task: ClipTask) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def clip_meta(task: ClipTask, frame: LocalFrame) -> dict[str, Any]:
-    """The clip's index row (see :data:`carla_tools.generate.store.INDEX_SCHEMA`)."""
+    """The clip's index row (see :data:`cityenv.citydb.clips.INDEX_SCHEMA`)."""
     elevation, _ = solar_position(task.start_time, frame.lat, frame.lon)
     t = task.start_time
     local_hour = (t.hour + t.minute / 60 + frame.lon / 15.0) % 24.0

@@ -24,7 +24,6 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from carla_tools.backends import make_simulator
 from carla_tools.generate.clips import (
     ClipTask,
     clear_start_time,
@@ -47,115 +47,14 @@ from carla_tools.generate.references import (
     reference_tasks,
     view_poses,
 )
+from carla_tools.generate.settings import GenerateSettings, SimSettings
 from carla_tools.generate.split import AreaSplit, cell_name
-from carla_tools.generate.store import ClipStore
+from carla_tools.generate.store import ClipStoreWriter
 from carla_tools.generate.trajectories import LaneGraph
-from carla_tools.sim import make_simulator
 from cityenv.citydb.writer import CityDBWriter
 from cityenv.geometry.camera import PinholeCamera
 
 log = logging.getLogger(__name__)
-
-
-# --- settings (plain dataclasses; the Hydra entry point builds them) ---------------------------
-@dataclass(frozen=True)
-class SimSettings:
-    """Which world to capture.
-
-    Attributes:
-        backend: Simulator backend name (``"town"`` or ``"carla"``).
-        options: Keyword arguments of the backend (e.g. ``seed``, ``blocks``).
-    """
-
-    backend: str = "town"
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ReferenceSettings:
-    """Street-view reference captures.
-
-    Attributes:
-        spacing_m: Distance between capture points along each lane, metres.
-        dedupe_m: Drop points closer than this to a kept one (None: ``0.7 * spacing_m``).
-        camera_height: Camera height above the road, metres.
-        size: Width and height of each view, pixels.
-        fov_deg: Field of view of each view, degrees.
-        times: Capture times (UTC); each is one reference capture run.
-        weather: Weather of the captures.
-        image_format: CityDB image encoding (``"png"`` or ``"jpeg"``).
-    """
-
-    spacing_m: float = 10.0
-    dedupe_m: float | None = None
-    camera_height: float = 2.5
-    size: int = 256
-    fov_deg: float = 90.0
-    times: tuple[datetime, ...] = (datetime(2024, 5, 1, 3, 0, tzinfo=timezone.utc),)
-    weather: str = "clear"
-    image_format: str = "png"
-
-
-@dataclass(frozen=True)
-class ClipSettings:
-    """Target clips.
-
-    Attributes:
-        count: Number of clips.
-        num_frames: Frames per clip.
-        fps: Frame rate.
-        width: Frame width, pixels.
-        height: Frame height, pixels.
-        fov_deg: Horizontal field of view, degrees.
-        kinds: Trajectory kinds, taken round-robin.
-        times: Base start times (UTC), different from the reference times.
-        weathers: Weathers, cycled.
-        time_jitter_s: Largest random offset added to a clip's base time, seconds.
-    """
-
-    count: int = 20
-    num_frames: int = 49
-    fps: float = 10.0
-    width: int = 256
-    height: int = 256
-    fov_deg: float = 90.0
-    kinds: tuple[str, ...] = ("vehicle", "pedestrian", "free")
-    times: tuple[datetime, ...] = (datetime(2024, 5, 1, 9, 30, tzinfo=timezone.utc),)
-    weathers: tuple[str, ...] = ("clear", "overcast", "wet", "fog")
-    time_jitter_s: float = 900.0
-
-
-@dataclass(frozen=True)
-class GenerateSettings:
-    """Everything one generator run needs.
-
-    Attributes:
-        out: Output folder.
-        sim: The world.
-        references: Reference captures.
-        clips: Target clips.
-        cell_m: Edge of the square area cells of the train / test split, metres.
-        test_fraction: Expected fraction of test cells.
-        seed: Seed of the plan (trajectories, times, split).
-        workers: Worker processes (0 renders in this process).
-        shard: Index of this shard in ``[0, num_shards)``.
-        num_shards: Number of shards the work is split into (cluster jobs).
-        city: City name stored in the CityDB.
-        progress: Show progress bars.
-    """
-
-    out: Path
-    sim: SimSettings = field(default_factory=SimSettings)
-    references: ReferenceSettings = field(default_factory=ReferenceSettings)
-    clips: ClipSettings = field(default_factory=ClipSettings)
-    cell_m: float = 100.0
-    test_fraction: float = 0.2
-    seed: int = 0
-    workers: int = 0
-    shard: int = 0
-    num_shards: int = 1
-    city: str = "procedural-town"
-    progress: bool = True
 
 
 @dataclass
@@ -215,11 +114,11 @@ def make_plan(settings: GenerateSettings, network: Any) -> Plan:
     points = reference_points(graph, ref.spacing_m, ref.camera_height, ref.dedupe_m)
     xy = np.array([p.position[:2] for p in points])
     split = AreaSplit(settings.cell_m, settings.seed, settings.test_fraction).with_a_test_cell(xy)
-    refs = reference_tasks(points, list(ref.times), ref.weather, split)
+    refs = reference_tasks(points, list(ref.capture_times), ref.weather, split)
     c = settings.clips
     camera = PinholeCamera.from_fov(c.width, c.height, c.fov_deg)
     clips = plan_clips(
-        graph, split, count=c.count, kinds=c.kinds, times=c.times, weathers=c.weathers,
+        graph, split, count=c.count, kinds=c.kinds, times=c.start_times, weathers=c.weathers,
         num_frames=c.num_frames, fps=c.fps, camera=camera, seed=settings.seed,
         time_jitter_s=c.time_jitter_s,
     )  # fmt: skip
@@ -241,7 +140,7 @@ def _open_sim(sim: SimSettings) -> Any:
 
 def _init_worker(sim: SimSettings, store_root: str) -> None:
     _WORKER["sim"] = _open_sim(sim)
-    _WORKER["store"] = ClipStore(store_root)
+    _WORKER["store"] = ClipStoreWriter(store_root)
 
 
 def render_reference(sim: Any, task: ReferenceTask, camera: PinholeCamera) -> dict[str, Any]:
@@ -264,7 +163,7 @@ def render_reference(sim: Any, task: ReferenceTask, camera: PinholeCamera) -> di
     }
 
 
-def _do(item: tuple[str, Any, Any], sim: Any, store: ClipStore) -> tuple[str, Any, dict]:
+def _do(item: tuple[str, Any, Any], sim: Any, store: ClipStoreWriter) -> tuple[str, Any, dict]:
     """Run one work item; returns ``(kind, result, seconds)``."""
     kind, task, extra = item
     t0 = time.perf_counter()
@@ -288,7 +187,7 @@ def _results(
     """Results of the work items, inline (``workers == 0``) or from a spawn-context pool."""
     store_root = str(settings.out / "clips")
     if workers <= 0 or not items:
-        store = ClipStore(store_root)
+        store = ClipStoreWriter(store_root)
         for item in items:
             yield _do(item, sim, store)
         return
@@ -343,7 +242,7 @@ def _write_split(out: Path, plan: Plan) -> None:
 
 # --- the run -------------------------------------------------------------------------------------
 def _pending_items(
-    plan: Plan, writer: CityDBWriter, store: ClipStore, settings: GenerateSettings, frame: Any
+    plan: Plan, writer: CityDBWriter, store: ClipStoreWriter, settings: GenerateSettings, frame: Any
 ) -> list[tuple[str, Any, Any]]:
     ref_camera = PinholeCamera.from_fov(
         settings.references.size, settings.references.size, settings.references.fov_deg
@@ -400,7 +299,7 @@ def _run_items(
 ) -> None:
     """Render the pending items, write references to the CityDB, then the indices."""
     out = Path(settings.out)
-    store = ClipStore(out / "clips")
+    store = ClipStoreWriter(out / "clips")
     store.clean()
     path = citydb_path(out, settings.shard, settings.num_shards)
     t0 = time.perf_counter()

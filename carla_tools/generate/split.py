@@ -5,7 +5,8 @@ of the world's ENU plane. Each cell goes to ``test`` when a hash of ``(seed, ix,
 ``test_fraction``, else to ``train``. A clip's area is the set of cells its camera positions
 touch; the generator keeps only clips whose cells all share one split, so no test clip overlaps
 a training area. References carry the split of their cell in their traversal id
-(``ref-<time>-<split>``), so a training consumer drops every test-area reference with
+(``ref-<time>-<split>``, :func:`cityenv.citydb.clips.reference_traversal`), so a training
+consumer drops every test-area reference with
 ``Retriever.retrieve(..., exclude_traversals=split_traversals(db.traversal_ids, "test"))``.
 """
 
@@ -16,8 +17,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SPLITS = ("train", "test")
-"""The two splits."""
+# the split names and the reference traversal ids are part of the data format: consumers in the
+# library (training, evaluation) read them too
+from cityenv.citydb.clips import SPLITS, reference_traversal, split_traversals
+
+__all__ = [
+    "SPLITS",
+    "AreaSplit",
+    "cell_name",
+    "cell_score",
+    "cells_of",
+    "reference_traversal",
+    "split_traversals",
+]
 
 _OFFSET = 1 << 30  # cell indices are shifted so the hash seed is non-negative
 
@@ -86,19 +98,3 @@ class AreaSplit:
             return self
         lowest = min(cells, key=lambda c: cell_score(self.seed, c))
         return AreaSplit(self.cell_size, self.seed, self.test_fraction, frozenset({lowest}))
-
-
-def reference_traversal(time_tag: str, split: str) -> str:
-    """Traversal id of one reference capture run's panoramas in one split."""
-    return f"ref-{time_tag}-{split}"
-
-
-def split_traversals(traversal_ids: Iterable[str], split: str) -> list[str]:
-    """The reference traversals of one split's areas among ``traversal_ids``.
-
-    ``split_traversals(db.traversal_ids, "test")`` are what to pass as ``exclude_traversals`` when
-    retrieving references for training clips.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
-    return [t for t in traversal_ids if t.startswith("ref-") and t.endswith(f"-{split}")]

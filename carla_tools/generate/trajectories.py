@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cityenv.errors import check_name
 from cityenv.geometry.pose import Pose, Trajectory
 
 KINDS = ("vehicle", "pedestrian", "free")
@@ -420,11 +421,11 @@ def make_trajectory(
         ``F`` camera-to-world poses (OpenCV camera, ENU world).
 
     Raises:
-        ValueError: For an unknown kind or fewer than 2 frames.
+        UnknownNameError: (a ValueError) For an unknown kind ("Did you mean ...?").
+        ValueError: For fewer than 2 frames.
         RouteError: If the network has no route long enough.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+    check_name("kind", kind, KINDS)
     if num_frames < 2 or fps <= 0:
         raise ValueError(f"need num_frames >= 2 and fps > 0, got {num_frames} and {fps}.")
     p = params or DEFAULT_KIND_PARAMS[kind]

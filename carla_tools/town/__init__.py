@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from carla_tools.town.sky import WEATHERS, Lighting
+from carla_tools.conditions import WEATHERS
+from carla_tools.town.sky import Lighting
 from carla_tools.town.town import SEOUL, STREET_VIEW_HEADINGS, ProceduralTown, RoadNetwork
 
 __all__ = ["SEOUL", "STREET_VIEW_HEADINGS", "WEATHERS", "Lighting", "ProceduralTown", "RoadNetwork"]

@@ -5,8 +5,9 @@ position is ``(s0 + speed * t) mod loop_length`` with ``t`` the world time in se
 :data:`EPOCH`, so any two world times give different, reproducible traffic and a short step of
 time moves everyone continuously. Slots on one vehicle loop share one speed and are spaced at
 least a bus length apart, so vehicles in a lane never overlap. Whether a slot is occupied depends on
-the time of day (rush hours are busier): slot ``i`` is active while its fixed random threshold is
-below the current density. Vehicles of crossing roads ignore each other (no right of way yet).
+the time of day (rush hours are busier, :func:`carla_tools.conditions.traffic_density`): slot
+``i`` is active while its fixed random threshold is below the current density. Vehicles of
+crossing roads ignore each other (no right of way yet).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from carla_tools.conditions import pedestrian_density, to_utc, traffic_density
 from carla_tools.town.layout import CURB_HEIGHT, TownLayout
-from carla_tools.town.sky import to_utc
+from cityenv.cache import LRUCache
 
 EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 """World time zero."""
@@ -42,20 +44,6 @@ _CLOTHES = np.array([
 def world_seconds(when: datetime) -> float:
     """Seconds from :data:`EPOCH` to ``when`` (naive = UTC)."""
     return (to_utc(when) - EPOCH).total_seconds()
-
-
-def traffic_density(local_hour: float) -> float:
-    """Fraction of vehicle slots in use at a local hour of day: quiet nights, two rush hours."""
-    h = local_hour % 24.0
-    bump = lambda c, w: np.exp(-0.5 * ((h - c) / w) ** 2)  # noqa: E731
-    return float(np.clip(0.08 + 0.30 * bump(13.0, 4.5) + 0.35 * (bump(8.5, 1.3) + bump(18.5, 1.6)),
-                         0.0, 0.8))  # fmt: skip
-
-
-def pedestrian_density(local_hour: float) -> float:
-    """Fraction of pedestrian slots in use at a local hour of day."""
-    h = local_hour % 24.0
-    return float(np.clip(0.03 + 0.35 * np.exp(-0.5 * ((h - 14.5) / 4.5) ** 2), 0.0, 0.6))
 
 
 class LoopSet:
@@ -143,7 +131,8 @@ class TrafficModel:
         self.pedestrian_loops = LoopSet(layout.pedestrian_loops)
         self._veh = self._vehicle_slots(rng)
         self._ped = self._pedestrian_slots(rng)
-        self._active_cache: dict[tuple[int, int], _Active] = {}
+        # occupied slots per (slot set, count): the count changes only with the hour of day
+        self._active_cache: LRUCache[tuple[str, int], _Active] = LRUCache(64)
 
     def _vehicle_slots(self, rng: np.random.Generator) -> _Slots:
         lengths = self.vehicle_loops.lengths
@@ -209,21 +198,24 @@ class TrafficModel:
     def _active(self, slots: _Slots, density: float) -> _Active:
         """The occupied slots at a density, grouped by kind (cached: it changes only rarely)."""
         n = int(np.sum(slots.threshold < density))
-        key = (id(slots), n)
-        if key not in self._active_cache:
-            if len(self._active_cache) > 64:
-                self._active_cache.clear()
-            idx = np.flatnonzero(slots.threshold < density)
-            idx = idx[np.argsort(slots.kind[idx], kind="stable")]  # kinds contiguous, slot order
-            kind = slots.kind[idx]
-            z = CURB_HEIGHT if slots is self._ped else 0.0
-            rows = _rows(np.zeros((len(idx), 2)), np.full(len(idx), z), np.zeros(len(idx)),
-                         slots.color_a[idx], slots.color_b[idx], slots.scale[idx])  # fmt: skip
-            splits = np.searchsorted(kind, [1, 2])
-            self._active_cache[key] = _Active(
-                slots.loop[idx], slots.s0[idx], slots.speed[idx], slots.lateral[idx], rows, splits
-            )
-        return self._active_cache[key]
+        which = "pedestrian" if slots is self._ped else "vehicle"
+        return self._active_cache.get_or_create(
+            (which, n), lambda: self._occupy(slots, density, which == "pedestrian")
+        )
+
+    @staticmethod
+    def _occupy(slots: _Slots, density: float, on_sidewalk: bool) -> _Active:
+        """The slots below ``density``, kinds contiguous, with their instance rows."""
+        idx = np.flatnonzero(slots.threshold < density)
+        idx = idx[np.argsort(slots.kind[idx], kind="stable")]  # kinds contiguous, slot order
+        kind = slots.kind[idx]
+        z = CURB_HEIGHT if on_sidewalk else 0.0
+        rows = _rows(np.zeros((len(idx), 2)), np.full(len(idx), z), np.zeros(len(idx)),
+                     slots.color_a[idx], slots.color_b[idx], slots.scale[idx])  # fmt: skip
+        splits = np.searchsorted(kind, [1, 2])
+        return _Active(
+            slots.loop[idx], slots.s0[idx], slots.speed[idx], slots.lateral[idx], rows, splits
+        )
 
 
 @dataclass(frozen=True)

@@ -1,67 +1,17 @@
-"""Sun position, weather presets and the lighting they give the renderer.
+"""The lighting a sun position and a weather preset give the town's renderer.
 
-The sun is placed from the UTC time and the town's geodetic anchor with the NOAA low-precision
-solar-position formulas (error well under a degree), so a town anchored in Seoul gets Seoul's sun.
+Where the sun is (from the UTC time and the town's geodetic anchor) and which weathers exist is
+backend-neutral and lives in :mod:`carla_tools.conditions`; this module turns them into shader
+colours.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import numpy as np
 
-from carla_tools.sim import WEATHERS, check_choice
-
-
-def to_utc(when: datetime) -> datetime:
-    """An aware UTC datetime; naive datetimes are taken to be UTC already."""
-    if when.tzinfo is None:
-        return when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc)
-
-
-def solar_position(when: datetime, lat: float, lon: float) -> tuple[float, float]:
-    """Sun elevation and compass azimuth seen from a place at a time.
-
-    Args:
-        when: The time (naive = UTC).
-        lat: Latitude in degrees.
-        lon: Longitude in degrees (east positive).
-
-    Returns:
-        ``(elevation_deg, azimuth_deg)``: elevation above the horizon (negative at night) and
-        azimuth clockwise from north.
-    """
-    t = to_utc(when)
-    day = t.timetuple().tm_yday
-    hour = t.hour + t.minute / 60 + t.second / 3600 + t.microsecond / 3.6e9
-    g = 2 * np.pi / 365.0 * (day - 1 + (hour - 12) / 24)  # fractional year, radians
-    eqtime = 229.18 * (
-        0.000075 + 0.001868 * np.cos(g) - 0.032077 * np.sin(g)
-        - 0.014615 * np.cos(2 * g) - 0.040849 * np.sin(2 * g)
-    )  # fmt: skip
-    decl = (
-        0.006918 - 0.399912 * np.cos(g) + 0.070257 * np.sin(g) - 0.006758 * np.cos(2 * g)
-        + 0.000907 * np.sin(2 * g) - 0.002697 * np.cos(3 * g) + 0.00148 * np.sin(3 * g)
-    )  # fmt: skip
-    true_solar_min = hour * 60 + eqtime + 4 * lon
-    ha = np.radians(true_solar_min / 4 - 180)
-    phi = np.radians(lat)
-    cos_zen = np.sin(phi) * np.sin(decl) + np.cos(phi) * np.cos(decl) * np.cos(ha)
-    zen = np.arccos(np.clip(cos_zen, -1, 1))
-    # azimuth clockwise from north
-    az = (
-        np.degrees(np.arctan2(np.sin(ha), np.cos(ha) * np.sin(phi) - np.tan(decl) * np.cos(phi)))
-        + 180.0
-    )
-    return float(90 - np.degrees(zen)), float(az % 360)
-
-
-def sun_direction(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
-    """Unit ENU vector towards the sun, shape ``(3,)``."""
-    e, a = np.radians(elevation_deg), np.radians(azimuth_deg)
-    return np.array([np.cos(e) * np.sin(a), np.cos(e) * np.cos(a), np.sin(e)])
+from carla_tools.conditions import check_weather, sun_direction
 
 
 @dataclass(frozen=True)
@@ -95,11 +45,6 @@ class Lighting:
     night: float
 
 
-def check_weather(name: str) -> str:
-    """Return ``name`` if it is a known weather; raise UnknownNameError (a ValueError) if not."""
-    return check_choice("weather", name, WEATHERS)
-
-
 def _mix(a, b, t: float) -> np.ndarray:
     return np.asarray(a, dtype=np.float64) * (1 - t) + np.asarray(b, dtype=np.float64) * t
 
@@ -110,13 +55,14 @@ def lighting(elevation_deg: float, azimuth_deg: float, weather: str) -> Lighting
     Args:
         elevation_deg: Sun elevation, degrees (negative at night).
         azimuth_deg: Sun azimuth, degrees clockwise from north.
-        weather: One of :data:`WEATHERS`.
+        weather: One of :data:`carla_tools.conditions.WEATHERS`.
 
     Returns:
         The lighting state.
 
     Raises:
-        ValueError: If ``weather`` is unknown (the message names the choices).
+        UnknownNameError: (a ValueError) If ``weather`` is unknown (the message names the
+            choices).
     """
     weather = check_weather(weather)
     e = elevation_deg

@@ -7,7 +7,7 @@ Example:
     >>> rgb, depth, dynamic = town.render(PinholeCamera.from_fov(256, 256, 90), pose)
 
 It implements :class:`carla_tools.sim.Simulator`, so the data generator treats it like a CARLA
-server (``make_simulator("town", seed=3)``).
+server (``carla_tools.backends.make_simulator("town", seed=3)``).
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from carla_tools.conditions import check_weather, local_solar_hour, solar_position, to_utc
 from carla_tools.sim import Render, RoadNetwork, Simulator
 from carla_tools.town.actors import TrafficModel, world_seconds
 from carla_tools.town.layout import LayoutParams, TownLayout, generate_layout
 from carla_tools.town.meshes import actor_templates, static_mesh
 from carla_tools.town.renderer import TownRenderer
-from carla_tools.town.sky import Lighting, check_weather, lighting, solar_position, to_utc
+from carla_tools.town.sky import Lighting, lighting
 from cityenv.errors import ShapeMismatchError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
@@ -145,8 +146,7 @@ class ProceduralTown(Simulator):
 
     def local_hour(self) -> float:
         """Mean solar hour of day at the anchor (UTC + longitude / 15), drives traffic density."""
-        t = self._time
-        return (t.hour + t.minute / 60 + t.second / 3600 + self.frame.lon / 15.0) % 24.0
+        return local_solar_hour(self._time, self.frame.lon)
 
     def lighting(self) -> Lighting:
         """The lighting of the current sun time and weather."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from cityenv._lazy import lazy_namespace
 
 if TYPE_CHECKING:
+    from cityenv.citydb.clips import Clip, ClipInfo, ClipStore, split_traversals
     from cityenv.citydb.ingest import IngestStats, PanoramaRow, ingest_panoramas, read_panorama_csv
     from cityenv.citydb.reader import CityDB, View, ViewMetadata
     from cityenv.citydb.retrieval import (
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
     from cityenv.citydb.writer import CityDBWriter
 
 _HOMES = {
+    "Clip": "clips",
+    "ClipInfo": "clips",
+    "ClipStore": "clips",
+    "split_traversals": "clips",
     "IngestStats": "ingest",
     "PanoramaRow": "ingest",
     "ingest_panoramas": "ingest",
@@ -54,6 +59,9 @@ __all__ = [
     "ChunkQuery",
     "CityDB",
     "CityDBWriter",
+    "Clip",
+    "ClipInfo",
+    "ClipStore",
     "DepthCache",
     "DepthProvider",
     "IngestStats",
@@ -65,6 +73,7 @@ __all__ = [
     "ViewMetadata",
     "ingest_panoramas",
     "read_panorama_csv",
+    "split_traversals",
 ]
 
 

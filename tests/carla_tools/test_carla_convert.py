@@ -29,8 +29,6 @@ from carla_tools.carla_convert import (
     dynamic_mask,
     enu_to_carla_location,
     group_lanes,
-    local_noon_utc,
-    local_solar_hour,
     plan_time_change,
     pose_to_carla_transform,
     raw_to_bgra,
@@ -40,7 +38,8 @@ from carla_tools.carla_convert import (
     traffic_seed,
     weather_parameters,
 )
-from carla_tools.sim import WEATHERS, RoadNetwork
+from carla_tools.conditions import WEATHERS, local_noon_utc, local_solar_hour
+from carla_tools.sim import RoadNetwork
 from cityenv.errors import InvalidCameraError, ShapeMismatchError, UnknownNameError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame

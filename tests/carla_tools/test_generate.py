@@ -16,7 +16,6 @@ import pytest
 
 from carla_tools.generate import (
     ClipSettings,
-    ClipStore,
     GenerateSettings,
     ReferenceSettings,
     SimSettings,
@@ -28,6 +27,7 @@ from carla_tools.generate.captions import caption
 from carla_tools.generate.pipeline import make_plan
 from carla_tools.generate.split import AreaSplit
 from carla_tools.town.layout import LayoutParams, generate_layout
+from cityenv.citydb.clips import ClipStore
 from cityenv.citydb.reader import CityDB
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,7 +83,7 @@ def test_clip_store_reads_back_the_planned_poses(run):
     assert [r["clip_id"] for r in index] == [f"clip-{i:05d}" for i in range(4)]
     with CityDB.open(settings.out / "citydb") as db:
         frame = db.frame
-    from carla_tools.sim import make_simulator
+    from carla_tools.backends import make_simulator
 
     with make_simulator("town", seed=1, blocks=(1, 1)) as sim:
         assert sim.frame == frame
@@ -182,6 +182,14 @@ def test_cli_runs_with_overrides_and_worker_processes(tmp_path):
     with CityDB.open(out / "citydb") as db:
         assert db.num_panoramas > 0 and db.views_per_panorama == 8
     assert ClipStore(out / "clips").clip_ids() == ["clip-00000"]
+
+
+def test_contact_sheet_shows_references_and_clips(run):
+    from carla_tools.contact_sheet import contact_sheet
+
+    sheet = contact_sheet(run[0].out, references=1, clips=2, size=32, columns=4)
+    # a label strip (22 px) and a row of tiles per reference and per clip
+    assert sheet.shape == (3 * (22 + 32), 4 * 32, 3) and sheet.dtype == np.uint8
 
 
 def test_caption_reads_from_settings():

@@ -9,8 +9,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from carla_tools import sim
-from carla_tools.sim import BACKENDS, WEATHERS, Render, RoadNetwork, Simulator, make_simulator
+from carla_tools.backends import BACKENDS, make_simulator
+from carla_tools.conditions import WEATHERS, check_weather
+from carla_tools.sim import Render, RoadNetwork, Simulator
 from cityenv.errors import UnknownNameError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose
@@ -33,14 +34,33 @@ def test_make_simulator_town_is_a_simulator(town):
 def test_unknown_backend_says_did_you_mean():
     with pytest.raises(UnknownNameError, match=r"Did you mean 'town'\?"):
         make_simulator("tonw")
-    with pytest.raises(ValueError, match=r"backend must be one of \('town', 'carla'\)"):
+    with pytest.raises(ValueError, match=r"backend must be one of \['carla', 'town'\]"):
         make_simulator("unity")
 
 
-def test_check_choice_names_the_choices():
-    assert sim.check_choice("weather", "wet", WEATHERS) == "wet"
-    with pytest.raises(UnknownNameError, match=r"got 'snow'\.$"):
-        sim.check_choice("weather", "snow", WEATHERS)
+def test_a_registered_backend_opens_by_name():
+    made = []
+
+    def factory(**options):
+        made.append(options)
+        return make_simulator("town", **options)
+
+    BACKENDS.register("test-town", factory)
+    try:
+        with make_simulator("test-town", seed=2, blocks=(1, 1)) as world:
+            assert isinstance(world, Simulator) and world.seed == 2
+        assert made == [{"seed": 2, "blocks": (1, 1)}]
+    finally:
+        BACKENDS.unregister("test-town")
+    assert "test-town" not in BACKENDS
+
+
+def test_check_weather_names_the_choices():
+    assert check_weather("wet") == "wet"
+    with pytest.raises(
+        UnknownNameError, match=r"weather must be one of \[.*'wet'\], got 'snow'\.$"
+    ):
+        check_weather("snow")
 
 
 def test_unknown_weather_says_did_you_mean(town):

@@ -7,9 +7,10 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
+from carla_tools.conditions import check_weather, solar_position
 from carla_tools.town.actors import LoopSet, TrafficModel
 from carla_tools.town.layout import CURB_HEIGHT, LayoutParams, generate_layout, polygon_contains
-from carla_tools.town.sky import check_weather, lighting, solar_position
+from carla_tools.town.sky import lighting
 
 
 @pytest.fixture(scope="module")
