@@ -15,24 +15,15 @@ cityenv finds :func:`town_provider` through the entry point
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
 import time
 from pathlib import Path
 
-# The renderer's OpenGL binding is the `town` extra: importing it here makes a missing extra
-# fail when the entry point loads, where the registry turns it into "install cityenv[town]".
-import moderngl  # noqa: F401
-
-from carla_tools.generate import (
-    ClipSettings,
-    GenerateSettings,
-    ReferenceSettings,
-    SimSettings,
-    generate,
-)
 from cityenv.envs.town import TownSpec, town_db_path
+from cityenv.errors import CityDataNotFoundError
 
 __all__ = ["build_town_db", "town_provider"]
 
@@ -71,6 +62,9 @@ def build_town_db(
 
     Returns:
         The database folder (holding ``manifest.json``).
+
+    Raises:
+        CityDataNotFoundError: If it must be built but the ``town`` extra (moderngl) is missing.
     """
     spec = spec or TownSpec()
     target = Path(path) if path is not None else town_db_path(spec)
@@ -87,6 +81,16 @@ def build_town_db(
 
 def _build(spec: TownSpec, target: Path, progress: bool, workers: int) -> None:
     """Generate into a temporary sibling folder, then rename its database into place."""
+    _check_renderer(target)
+    # Imported here: a cached database opens without the generator (and without moderngl).
+    from carla_tools.generate import (
+        ClipSettings,
+        GenerateSettings,
+        ReferenceSettings,
+        SimSettings,
+        generate,
+    )
+
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("building the town database %s (first use; takes under a minute)", target)
@@ -108,3 +112,13 @@ def _build(spec: TownSpec, target: Path, progress: bool, workers: int) -> None:
     os.replace(tmp / "citydb", target)  # atomic on one file system
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("town database ready in %.1f s", time.perf_counter() - t0)
+
+
+def _check_renderer(target: Path) -> None:
+    """Say which extra to install when the town's renderer (moderngl) is missing."""
+    if importlib.util.find_spec("moderngl") is None:
+        raise CityDataNotFoundError(
+            f"the built-in town's database must be built into {target} on first use, which "
+            "renders the procedural town with moderngl, got no moderngl installed; install the "
+            "extra with pip install 'cityenv[town]' (or pass city_db=PATH of a built CityDB)."
+        )

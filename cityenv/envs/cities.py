@@ -16,11 +16,9 @@ script by ``CITY_PROVIDERS.register("mycity", provider)``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from cityenv.envs.town import TownSpec
 from cityenv.errors import CityDataNotFoundError
 from cityenv.registry import Registry
 
@@ -60,28 +58,22 @@ CITY_PROVIDERS: Registry[CityProvider] = Registry(
 """City name -> provider of its CityDB folder (entry-point group ``cityenv.cities``)."""
 
 
-def resolve_city_db(
-    city: str, town: Mapping[str, Any] | TownSpec | None = None, *, progress: bool | None = None
-) -> Path:
+def resolve_city_db(city: str, options: Any = None, *, progress: bool = True) -> Path:
     """The database folder of ``city`` (the town's is built on first use).
 
     Args:
         city: A registered city name (case and ``-``/``_``/spaces ignored).
-        town: The built-in town's options: a :class:`TownSpec` or a mapping of its fields, plus
-            ``progress``; checked for every city, used by ``town`` only.
-        progress: Show a progress bar while building; ``None`` = ``town["progress"]`` or True.
+        options: The city's typed options, handed to its provider (for ``town`` a
+            :class:`~cityenv.envs.town.TownSpec`, ``None`` = its defaults; the other cities
+            ignore them).
+        progress: Show a progress bar while building.
 
     Raises:
         UnknownNameError: If no provider is registered for the name ("Did you mean ...?").
-        ConfigError: If ``town`` has an unknown key or a value of the wrong type.
         CityDataNotFoundError: If a real city has no database under ``$CITYENV_DATA``.
     """
     key = str(city).lower().replace("-", "").replace("_", "").replace(" ", "")
-    spec = TownSpec.from_options(town)
-    if progress is None:
-        progress = bool(town.get("progress", True)) if isinstance(town, Mapping) else True
-    provider = CITY_PROVIDERS.get(key)
-    return Path(provider(spec if key == "town" else None, progress=progress))
+    return Path(CITY_PROVIDERS.get(key)(options, progress=progress))
 
 
 def _data_provider(city: str) -> CityProvider:

@@ -487,6 +487,7 @@ def _open_db(
         return city_db
     if city_db is not None:
         return CityDB.open(city_db)
+    # Every city's provider gets the town's options; only the town's uses them.
     return CityDB.open(resolve_city_db(city or "town", town, progress=progress))
 
 

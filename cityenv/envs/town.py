@@ -108,8 +108,9 @@ def town_db_path(spec: TownSpec | None = None) -> Path:
 def build_town_db(**options: Any) -> Path:
     """The built-in town's database folder, built by its provider on first use.
 
-    A shortcut for ``resolve_city_db("town", options)``: the ``"town"`` provider of
-    :data:`~cityenv.envs.cities.CITY_PROVIDERS` (``carla_tools.town_db``) does the building.
+    A shortcut for ``resolve_city_db("town", TownSpec.from_options(options))``: the ``"town"``
+    provider of :data:`~cityenv.envs.cities.CITY_PROVIDERS` (``carla_tools.town_db``) does the
+    building.
 
     Args:
         **options: :class:`TownSpec` fields (``seed``, ``blocks``, ``size``, ``spacing_m``) and
@@ -117,7 +118,11 @@ def build_town_db(**options: Any) -> Path:
 
     Returns:
         The database folder (holding ``manifest.json``).
+
+    Raises:
+        ConfigError: If an option is unknown ("Did you mean ...?") or has a wrong value.
     """
     from cityenv.envs.cities import resolve_city_db
 
-    return resolve_city_db("town", options)
+    spec = TownSpec.from_options(options)
+    return resolve_city_db("town", spec, progress=bool(options.get("progress", True)))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import textwrap
 
 import gymnasium as gym
 import numpy as np
@@ -102,3 +104,37 @@ def test_town_cache_is_reused(town_db):
     assert TownSpec().folder_name == "town-seed0-v1"
     assert build_town_db(blocks=(1, 1), size=64, progress=False) == town_db  # no rebuild
     assert not list(town_db.parent.glob(".*tmp*"))  # the build left no temporary folder
+
+
+def test_the_library_needs_neither_moderngl_nor_sb3(town_db, tmp_path):
+    """Without the `town` and `rl` extras: a real city and a cached town open; building a new
+    town says which extra to install."""
+    (tmp_path / "seoul").symlink_to(town_db, target_is_directory=True)
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["moderngl"] = sys.modules["stable_baselines3"] = None  # `import` fails
+        import gymnasium as gym
+        import cityenv
+        from cityenv.errors import CityDataNotFoundError
+
+        gym.make("CityWorld-Seoul-v0", width=32, height=32).reset(seed=0)
+        town = {"blocks": (1, 1), "size": 64, "progress": False}
+        gym.make("CityWorld-Town-v0", town=town, width=32, height=32).reset(seed=0)
+        try:
+            gym.make("CityWorld-Town-v0", town={**town, "seed": 99})
+        except CityDataNotFoundError as err:
+            print("ERROR", err)
+        """
+    )
+    env = {
+        **os.environ,
+        "CITYENV_DATA": str(tmp_path),
+        "CITYENV_CACHE": os.environ["CITYENV_CACHE"],
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ERROR the built-in town's database must be built" in done.stdout
+    assert "pip install 'cityenv[town]'" in done.stdout
