@@ -96,6 +96,13 @@ class UnknownNameError(CityEnvError, ValueError):
     """A name (weather, backend, city, preset) is not one of the known ones; says "did you mean"."""
 
 
+class ConfigError(CityEnvError, ValueError):
+    """A typed config or option mapping got an unknown key or a value of the wrong type or range.
+
+    The message names the key, what was expected and what came.
+    """
+
+
 # --- models -------------------------------------------------------------------------------
 class CheckpointError(CityEnvError, ValueError):
     """A model folder is missing a part, describes another model, or holds pickled weights."""

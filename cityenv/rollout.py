@@ -1,14 +1,17 @@
 """``python -m cityenv.rollout [key=value ...]``: play a scenario and record it (Hydra).
 
 Runs a scenario (default ``configs/scenarios/town_route.yaml``: a scripted route of more than
-200 m through the built-in town with text prompts) with the route follower, and writes into
-``out`` (default ``outputs/rollout-<timestamp>``):
+200 m through the built-in town with text prompts) with an agent of :data:`cityenv.agents.AGENTS`
+(``agent=route_follower``, provided by ``policies``), and writes into ``out`` (default
+``outputs/rollout-<timestamp>``):
 
 - ``rollout.mp4``: every generated frame (H.264, ``fps`` frames per second);
 - ``rollout.rrd``: a Rerun recording (``rerun rollout.rrd``): poses, frames, references, warps;
 - ``summary.json``: frames, metres travelled, frames/s, references used, prompts, success, times.
 
-The first run builds the town's street-view database (about a minute, cached). Examples::
+The config is the typed :class:`RolloutConfig` (Hydra's ConfigStore holds it; an unknown key
+or a value of the wrong type is refused). The first run builds the town's street-view database
+(about a minute, cached). Examples::
 
     python -m cityenv.rollout
     python -m cityenv.rollout width=128 height=128 out=/tmp/run max_steps=10
@@ -21,42 +24,64 @@ See ``docs/rollout.md``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import hydra
 import numpy as np
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from cityenv.agents import AGENTS
 from cityenv.config import config_dir
-from policies.scenario import Scenario, ScenarioError, ScenarioResult, load_scenario, run_scenario
+from cityenv.envs.town import TownSpec
+from cityenv.errors import ConfigError, unknown_name
+from cityenv.scenario import (
+    Scenario,
+    ScenarioError,
+    ScenarioResult,
+    load_scenario,
+    run_scenario,
+)
 
 log = logging.getLogger("cityenv.rollout")
 
-__all__ = ["RolloutSettings", "VideoWriter", "rollout", "scenario_path", "settings_from_config"]
+__all__ = ["RolloutConfig", "VideoWriter", "load_config", "rollout", "scenario_path"]
 
 
-@dataclass(frozen=True)
-class RolloutSettings:
-    """What :func:`rollout` runs (``configs/rollout.yaml`` documents every field).
+def _default_world_model_options() -> dict[str, Any]:
+    # Listed so that `world_model_options.preset=tiny` needs no `+` on the command line.
+    return {"path": None, "preset": None, "seed": None, "device": None}
+
+
+@dataclass
+class RolloutConfig:
+    """What :func:`rollout` runs: the one source of the rollout's defaults.
+
+    Registered in Hydra's ConfigStore as ``rollout_schema``; ``configs/rollout.yaml`` only adds
+    Hydra's own settings on top, so every key and default is here and every command-line
+    override is checked against these types.
 
     Attributes:
-        scenario: Scenario YAML file.
+        scenario: A name in ``configs/scenarios/`` or a path to a scenario YAML file.
         out: Output folder.
+        agent: The agent that drives (a name of :data:`cityenv.agents.AGENTS`;
+            ``route_follower`` comes from ``policies``).
         env_id: Gymnasium id; ``None`` = the scenario's.
         city_db: CityDB folder; ``None`` = the env's own.
-        town: Options of the built-in town's database (``seed``, ``blocks``, ``size``,
-            ``spacing_m``); used by ``CityWorld-Town-v0`` only.
-        world_model: The env's world model name.
+        town: The built-in town's database (used by ``CityWorld-Town-v0`` only).
+        world_model: The env's world model: ``warp`` or ``diffusion`` (docs/worldmodel.md).
         world_model_options: Keyword arguments of the world model's factory (the env's
-            ``world_model_options``; for ``diffusion``: ``path``, ``preset``, ``seed``,
-            ``device`` and ``RolloutSettings`` overrides); ``None`` values are left out.
+            ``world_model_options``; for ``diffusion``: ``path`` of a saved model, ``preset``
+            of random weights, ``seed``, ``device``, and overrides of the model's settings,
+            which need a ``+`` on the command line); ``None`` values are left out.
         width: Frame width, pixels.
         height: Frame height, pixels.
         fov_deg: Horizontal field of view, degrees.
@@ -70,13 +95,14 @@ class RolloutSettings:
         progress: Show progress bars.
     """
 
-    scenario: Path
-    out: Path
+    scenario: str = "town_route"
+    out: Path = Path("outputs/rollout-${now:%Y%m%d-%H%M%S}")
+    agent: str = "route_follower"
     env_id: str | None = None
     city_db: str | None = None
-    town: dict[str, Any] = dataclasses.field(default_factory=dict)
+    town: TownSpec = field(default_factory=TownSpec)
     world_model: str = "warp"
-    world_model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    world_model_options: dict[str, Any] = field(default_factory=_default_world_model_options)
     width: int = 256
     height: int = 256
     fov_deg: float = 90.0
@@ -88,6 +114,9 @@ class RolloutSettings:
     video: bool = True
     rrd: bool = True
     progress: bool = True
+
+
+ConfigStore.instance().store(name="rollout_schema", node=RolloutConfig)
 
 
 def scenario_path(name: str | Path) -> Path:
@@ -103,26 +132,52 @@ def scenario_path(name: str | Path) -> Path:
     named = folder / f"{path.stem if path.suffix in ('.yaml', '.yml') else name}.yaml"
     if named.is_file():
         return named
-    known = sorted(p.stem for p in folder.glob("*.yaml"))
-    close = difflib.get_close_matches(str(name), known, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ScenarioError(
-        f"scenario must be a YAML file or one of {known} (configs/scenarios/), got {str(name)!r}."
-        + hint
+    raise unknown_name(
+        "scenario",
+        str(name),
+        [p.stem for p in folder.glob("*.yaml")],
+        error=ScenarioError,
+        advice="Give a name in configs/scenarios/ or a path to a scenario YAML file.",
     )
 
 
-def settings_from_config(cfg: DictConfig | dict[str, Any]) -> RolloutSettings:
-    """Typed settings from the Hydra config (the only place that reads it)."""
-    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    c.pop("hydra", None)
-    fields = {f.name for f in dataclasses.fields(RolloutSettings)}
-    unknown = sorted(set(c) - fields)
-    if unknown:
-        raise ValueError(f"rollout config keys must be among {sorted(fields)}, got {unknown}.")
-    c["scenario"] = scenario_path(c["scenario"])
-    c["out"] = Path(c["out"])
-    return RolloutSettings(**c)
+def load_config(cfg: DictConfig | Mapping[str, Any]) -> RolloutConfig:
+    """The typed config of a Hydra config or a plain mapping (the only place that reads one).
+
+    Keys and types are checked against :class:`RolloutConfig` (Hydra has checked them already
+    for a command line); the scenario and the agent must exist.
+
+    Raises:
+        ConfigError: If a key is unknown ("Did you mean ...?") or a value has the wrong type.
+        ScenarioError: If the scenario is neither a file nor a known name.
+        UnknownNameError: If no agent is registered under ``agent``.
+    """
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    data.pop("hydra", None)
+    _check_keys(data, RolloutConfig, "rollout config key")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RolloutConfig), data)
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"rollout config: {err}".strip()) from None
+    assert isinstance(config, RolloutConfig)
+    scenario_path(config.scenario)  # fail before anything is built
+    AGENTS.get(config.agent)
+    return config
+
+
+def _check_keys(data: Mapping[str, Any], cls: type, kind: str) -> None:
+    """Raise :class:`ConfigError` for a key of ``data`` that is not a field of dataclass ``cls``.
+
+    Nested dataclass fields are checked too (``town``).
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in fields:
+            raise unknown_name(kind, key, fields, error=ConfigError)
+        nested = fields[key].default_factory
+        if dataclasses.is_dataclass(nested) and isinstance(value, Mapping):
+            _check_keys(value, nested, f"{kind.replace(' key', '')} {key} key")
 
 
 # --- video ------------------------------------------------------------------------------------
@@ -167,52 +222,51 @@ class VideoWriter:
 
 
 # --- the run ----------------------------------------------------------------------------------
-def _resolved(settings: RolloutSettings, scenario: Scenario) -> Scenario:
-    """The scenario with the settings' overrides applied."""
+def _resolved(config: RolloutConfig, scenario: Scenario) -> Scenario:
+    """The scenario with the config's overrides applied."""
     changes: dict[str, Any] = {}
-    if settings.env_id:
-        changes["env_id"] = settings.env_id
-    if settings.action_mode:
-        changes["action_mode"] = settings.action_mode
-    if settings.max_steps:
-        changes["max_steps"] = int(settings.max_steps)
+    if config.env_id:
+        changes["env_id"] = config.env_id
+    if config.action_mode:
+        changes["action_mode"] = config.action_mode
+    if config.max_steps:
+        changes["max_steps"] = int(config.max_steps)
     return dataclasses.replace(scenario, **changes)
 
 
-def make_env(settings: RolloutSettings, scenario: Scenario) -> gym.Env:
-    """The environment of a rollout, wrapped in a Rerun recorder when ``settings.rrd``."""
-
+def make_env(config: RolloutConfig, scenario: Scenario) -> gym.Env:
+    """The environment of a rollout, wrapped in a Rerun recorder when ``config.rrd``."""
     kwargs: dict[str, Any] = {
-        "width": settings.width,
-        "height": settings.height,
-        "fov_deg": settings.fov_deg,
-        "chunk_length": settings.chunk_length,
-        "fps": settings.fps,
+        "width": config.width,
+        "height": config.height,
+        "fov_deg": config.fov_deg,
+        "chunk_length": config.chunk_length,
+        "fps": config.fps,
         "action_mode": scenario.action_mode,
-        "world_model": settings.world_model,
+        "world_model": config.world_model,
     }
-    options = _world_model_options(settings)
+    options = _world_model_options(config)
     if options:
         kwargs["world_model_options"] = options
-    if settings.city_db:
-        kwargs["city_db"] = settings.city_db
+    if config.city_db:
+        kwargs["city_db"] = config.city_db
     elif gym.spec(scenario.env_id).kwargs.get("city") == "town":
-        kwargs["town"] = {**settings.town, "progress": settings.progress}
+        kwargs["town"] = {**dataclasses.asdict(config.town), "progress": config.progress}
     env = gym.make(scenario.env_id, max_episode_steps=scenario.max_steps, **kwargs)
-    if settings.rrd:
+    if config.rrd:
         from cityenv.viz import RerunRecorder
 
-        env = RerunRecorder(env, settings.out / "rollout.rrd")
+        env = RerunRecorder(env, config.out / "rollout.rrd")
     return env
 
 
-def _world_model_options(settings: RolloutSettings) -> dict[str, Any]:
+def _world_model_options(config: RolloutConfig) -> dict[str, Any]:
     """The world model's options without the unset (``None``) ones."""
-    return {k: v for k, v in settings.world_model_options.items() if v is not None}
+    return {k: v for k, v in config.world_model_options.items() if v is not None}
 
 
 def summarize(
-    settings: RolloutSettings,
+    config: RolloutConfig,
     scenario: Scenario,
     result: ScenarioResult,
     times: dict[str, float],
@@ -220,20 +274,21 @@ def summarize(
     """The JSON summary of a rollout."""
     refs = np.asarray(result.references_used, np.float64)
     outputs = {"summary": "summary.json"}
-    if settings.video:
+    if config.video:
         outputs["video"] = "rollout.mp4"
-    if settings.rrd:
+    if config.rrd:
         outputs["rrd"] = "rollout.rrd"
     return {
         "scenario": scenario.name,
-        "scenario_file": str(settings.scenario),
+        "scenario_file": str(scenario_path(config.scenario)),
+        "agent": config.agent,
         "env_id": scenario.env_id,
         "action_mode": scenario.action_mode,
-        "world_model": settings.world_model,
-        "world_model_options": _world_model_options(settings),
-        "resolution": [settings.width, settings.height],
-        "chunk_length": settings.chunk_length,
-        "fps": settings.fps,
+        "world_model": config.world_model,
+        "world_model_options": _world_model_options(config),
+        "resolution": [config.width, config.height],
+        "chunk_length": config.chunk_length,
+        "fps": config.fps,
         "steps": result.steps,
         "frames": result.frames,
         "metres_travelled": round(result.metres_travelled, 3),
@@ -250,7 +305,7 @@ def summarize(
         "setup_s": times["setup_s"],
         "rollout_s": times["rollout_s"],
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
-        "seed": settings.seed,
+        "seed": config.seed,
         "outputs": outputs,
     }
 
@@ -259,21 +314,22 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if value is not None and np.isfinite(value) else None
 
 
-def rollout(settings: RolloutSettings) -> dict[str, Any]:
+def rollout(config: RolloutConfig) -> dict[str, Any]:
     """Run a scenario, write the video, the recording and ``summary.json``; return the summary."""
     start = time.perf_counter()
-    scenario = _resolved(settings, load_scenario(settings.scenario))
-    settings.out.mkdir(parents=True, exist_ok=True)
-    env = make_env(settings, scenario)
+    scenario = _resolved(config, load_scenario(scenario_path(config.scenario)))
+    config.out.mkdir(parents=True, exist_ok=True)
+    env = make_env(config, scenario)
     setup_s = time.perf_counter() - start
-    video = VideoWriter(settings.out / "rollout.mp4", settings.fps) if settings.video else None
+    video = VideoWriter(config.out / "rollout.mp4", config.fps) if config.video else None
     try:
         result = run_scenario(
             env,
             scenario,
-            seed=settings.seed,
+            seed=config.seed,
+            agent=config.agent,
             on_frames=video.append if video is not None else None,
-            progress=settings.progress,
+            progress=config.progress,
         )
     finally:
         if video is not None:
@@ -281,16 +337,16 @@ def rollout(settings: RolloutSettings) -> dict[str, Any]:
         env.close()
     wall_s = time.perf_counter() - start
     times = {"wall_s": wall_s, "setup_s": setup_s, "rollout_s": wall_s - setup_s}
-    summary = summarize(settings, scenario, result, times)
-    (settings.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = summarize(config, scenario, result, times)
+    (config.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 @hydra.main(version_base=None, config_path=str(config_dir()), config_name="rollout")
 def main(cfg: DictConfig) -> None:
     """Run the configured scenario and log where the outputs went."""
-    settings = settings_from_config(cfg)
-    summary = rollout(settings)
+    config = load_config(cfg)
+    summary = rollout(config)
     log.info(
         "%s: %d frames, %.0f m travelled, %.1f frames/s, success=%s -> %s",
         summary["scenario"],
@@ -298,7 +354,7 @@ def main(cfg: DictConfig) -> None:
         summary["metres_travelled"],
         summary["frames_per_s"] or 0.0,
         summary["success"],
-        settings.out,
+        config.out,
     )
 
 

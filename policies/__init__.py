@@ -2,8 +2,9 @@
 
 - :class:`RouteFollower`: shortest path on the road graph -> actions, in every action mode.
 - :class:`RandomExplorer`: seeded uniform actions (the baseline).
-- :mod:`policies.scenario`: scenario scripts (YAML: start, waypoints, prompts that change at given
-  steps) and :func:`run_scenario`.
+- :mod:`policies.scenario`: the route follower as the scenario driver (the ``route_follower``
+  agent of :data:`cityenv.agents.AGENTS`); re-exports the scenario format of
+  :mod:`cityenv.scenario` and :func:`run_scenario`.
 - ``python -m policies.train_ppo``: Stable-Baselines3 PPO in ``CityWorld-Town-v0``.
 - :mod:`policies.control`: the route follower's control law as pure functions.
 """

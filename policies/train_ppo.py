@@ -23,9 +23,16 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
 from tqdm.auto import tqdm
+
+try:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+except ImportError as err:  # Stable-Baselines3 is the `rl` extra
+    raise ImportError(
+        f"policies.train_ppo trains with Stable-Baselines3, got none importable ({err}); "
+        "install the extra with pip install 'cityenv[rl]'."
+    ) from err
 
 from policies.random_explorer import RandomExplorer
 

@@ -67,3 +67,32 @@ def test_registry_register_get_and_unknown():
     reg.register("red", 3, replace=True)
     assert reg.get("red") == 3
 
+
+def test_registry_finds_the_town_through_its_entry_point():
+    """The built-in town's provider is declared in pyproject (entry-point group cityenv.cities)
+    and found without the library importing carla_tools."""
+    cities: Registry = Registry("city", "cityenv.cities")
+    assert "town" in cities
+    provider = cities.get("town")
+    assert provider.__module__ == "carla_tools.town_db" and provider.__name__ == "town_provider"
+    agents: Registry = Registry("agent", "cityenv.agents")
+    assert agents.get("route_follower").__module__ == "policies.scenario"
+
+
+def test_an_entry_point_that_fails_to_import_names_the_extra(tmp_path, monkeypatch):
+    """A missing extra: the registry keeps a stand-in that says what to install when used."""
+    dist = tmp_path / "missing_extra_demo-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: missing-extra-demo\nVersion: 0.1\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        "[cityenv.test_missing]\nghost = no_such_module_for_cityenv_tests:provide\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg: Registry = Registry("city", "cityenv.test_missing")
+    stand_in = reg.get("ghost")
+    with pytest.raises(UnknownNameError, match=r"'ghost' is provided by no_such_module_for_cityenv"
+                       r"_tests:provide but importing it failed: No module named .*pip install "
+                       r"'cityenv\[town\]'"):  # fmt: skip
+        stand_in(None, progress=False)

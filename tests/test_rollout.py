@@ -12,8 +12,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from cityenv.config import config_dir
-from cityenv.rollout import RolloutSettings, scenario_path, settings_from_config
-from policies.scenario import ScenarioError
+from cityenv.envs.town import TownSpec
+from cityenv.errors import ConfigError
+from cityenv.rollout import RolloutConfig, load_config, scenario_path
+from cityenv.scenario import ScenarioError
 
 SCENARIO = """
 name: smoke
@@ -86,7 +88,7 @@ def test_rollout_with_the_diffusion_world_model(tmp_path: Path) -> None:
         "world_model=diffusion",
         "world_model_options.preset=tiny",
         "world_model_options.device=cpu",
-        "+world_model_options.num_inference_steps=1",  # a RolloutSettings override needs a +
+        "+world_model_options.num_inference_steps=1",  # a model-settings override needs a +
         "max_steps=2",
         "rrd=false",
     )
@@ -107,13 +109,15 @@ def test_rollout_with_the_diffusion_world_model(tmp_path: Path) -> None:
 def test_default_config_composes(tmp_path: Path) -> None:
     with initialize_config_dir(str(config_dir()), version_base=None):
         cfg = compose("rollout", overrides=[f"out={tmp_path}"])
-    settings = settings_from_config(cfg)
-    assert settings == RolloutSettings(
-        scenario=config_dir() / "scenarios" / "town_route.yaml",
+    config = load_config(cfg)
+    assert config == RolloutConfig(
+        scenario="town_route",
         out=tmp_path,
-        town={"seed": 0, "blocks": [2, 2], "size": 256, "spacing_m": 10.0},
+        agent="route_follower",
+        town=TownSpec(seed=0, blocks=[2, 2], size=256, spacing_m=10.0),
         world_model_options={"path": None, "preset": None, "seed": None, "device": None},
     )
+    assert scenario_path(config.scenario) == config_dir() / "scenarios" / "town_route.yaml"
 
 
 def test_world_model_options_reach_the_env(tmp_path: Path) -> None:
@@ -127,9 +131,9 @@ def test_world_model_options_reach_the_env(tmp_path: Path) -> None:
                 "+world_model_options.history=2",
             ],
         )
-    settings = settings_from_config(cfg)
-    assert settings.world_model == "diffusion"
-    assert settings.world_model_options == {
+    config = load_config(cfg)
+    assert config.world_model == "diffusion"
+    assert config.world_model_options == {
         "path": None,
         "preset": "tiny",
         "seed": None,
@@ -149,5 +153,49 @@ def test_scenario_names_and_paths(tmp_path: Path) -> None:
 
 
 def test_unknown_config_keys_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"rollout config keys must be among .* got \['widht'\]"):
-        settings_from_config({"scenario": "town_route", "out": str(tmp_path), "widht": 3})
+    with pytest.raises(ConfigError, match=r"key must be one of .* got 'widht'\. Did you mean"):
+        load_config({"scenario": "town_route", "out": str(tmp_path), "widht": 3})
+    with pytest.raises(ConfigError, match=r"town key .* got 'sise'\. Did you mean 'size'\?"):
+        load_config({"out": str(tmp_path), "town": {"sise": 64}})
+    with pytest.raises(ConfigError, match=r"'abc' of type 'str' could not be converted to Integer"):
+        load_config({"out": str(tmp_path), "width": "abc"})
+    with pytest.raises(ConfigError, match=r"blocks must be a pair \[east, north\]"):
+        load_config({"out": str(tmp_path), "town": {"blocks": [1, 1, 1]}})
+    with pytest.raises(ScenarioError, match=r"got 'town_rute'\. Did you mean 'town_route'\?"):
+        load_config({"out": str(tmp_path), "scenario": "town_rute"})
+    assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("widht=3", r"Could not override 'widht'"),
+        ("width=abc", r"Error merging override width=abc"),
+        ("town.sise=3", r"Could not override 'town.sise'"),
+    ],
+)
+def test_command_line_overrides_are_checked(tmp_path: Path, override: str, match: str) -> None:
+    """The ConfigStore schema makes Hydra refuse unknown keys and wrong types at composition."""
+    from hydra.errors import ConfigCompositionException
+
+    with (
+        initialize_config_dir(str(config_dir()), version_base=None),
+        pytest.raises(ConfigCompositionException, match=match),
+    ):
+        compose("rollout", overrides=[f"out={tmp_path}", override])
+
+
+def test_yaml_holds_no_defaults_of_its_own() -> None:
+    """configs/rollout.yaml only adds Hydra's settings: RolloutConfig is the one source."""
+    import yaml
+
+    data = yaml.safe_load((config_dir() / "rollout.yaml").read_text())
+    assert set(data) == {"defaults", "hydra"}
+    assert data["defaults"] == ["rollout_schema", "_self_"]
+
+
+def test_an_unknown_agent_is_named(tmp_path: Path) -> None:
+    from cityenv.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match=r"got 'route_folower'\. Did you mean 'route_fo"):
+        load_config({"out": str(tmp_path), "agent": "route_folower"})

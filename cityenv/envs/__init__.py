@@ -27,10 +27,11 @@ if TYPE_CHECKING:
         VelocityActions,
         make_action_adapter,
     )
+    from cityenv.envs.cities import CITY_PROVIDERS, resolve_city_db
     from cityenv.envs.env import CityWorldEnv, StepRecord, estimate_reference_height
     from cityenv.envs.registration import ENV_IDS, register_envs
     from cityenv.envs.tasks import FreeTask, NavigationTask, make_task
-    from cityenv.envs.town import TownSpec, build_town_db, cache_dir, town_db_path
+    from cityenv.envs.town import TownSpec, build_town_db, town_db_path
 
 _HOMES = {
     "ACTION_MODES": "actions",
@@ -39,6 +40,8 @@ _HOMES = {
     "TrajectoryActions": "actions",
     "VelocityActions": "actions",
     "make_action_adapter": "actions",
+    "CITY_PROVIDERS": "cities",
+    "resolve_city_db": "cities",
     "CityWorldEnv": "env",
     "StepRecord": "env",
     "estimate_reference_height": "env",
@@ -49,12 +52,12 @@ _HOMES = {
     "make_task": "tasks",
     "TownSpec": "town",
     "build_town_db": "town",
-    "cache_dir": "town",
     "town_db_path": "town",
 }
 __all__ = [
     "ACTION_MODES",
     "ActionAdapter",
+    "CITY_PROVIDERS",
     "CityWorldEnv",
     "DiscreteActions",
     "ENV_IDS",
@@ -65,11 +68,11 @@ __all__ = [
     "TrajectoryActions",
     "VelocityActions",
     "build_town_db",
-    "cache_dir",
     "estimate_reference_height",
     "make_action_adapter",
     "make_task",
     "register_envs",
+    "resolve_city_db",
     "town_db_path",
 ]
 

@@ -294,17 +294,9 @@ def make_action_adapter(mode: str, chunk_length: int, fps: float, **options: Any
     Raises:
         UnknownNameError: If ``mode`` is not a known mode.
     """
-    from cityenv.errors import UnknownNameError
+    from cityenv.errors import check_name
 
-    cls = ACTION_MODES.get(mode)
-    if cls is None:
-        import difflib
-
-        close = difflib.get_close_matches(str(mode), ACTION_MODES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownNameError(
-            f"action_mode must be one of {sorted(ACTION_MODES)}, got {mode!r}{hint}"
-        )
+    cls = ACTION_MODES[check_name("action_mode", mode, ACTION_MODES)]
     return cls(chunk_length, fps, **options)
 
 

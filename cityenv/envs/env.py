@@ -43,7 +43,8 @@ from cityenv.citydb.roadgraph import RoadGraph
 from cityenv.envs.actions import ActionAdapter, level_rotations, make_action_adapter
 from cityenv.envs.cities import resolve_city_db
 from cityenv.envs.tasks import NavigationTask, make_task
-from cityenv.errors import OutOfCoverageError, ShapeMismatchError
+from cityenv.envs.town import TownSpec
+from cityenv.errors import OutOfCoverageError, ShapeMismatchError, unknown_name
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
 from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, ReferenceLoader, WorldModel
@@ -80,9 +81,10 @@ class CityWorldEnv(gym.Env):
     Args:
         city_db: The street-view database: a folder or an opened :class:`CityDB`. ``None``
             resolves ``city``.
-        city: ``"town"`` (built-in, generated on first use), ``"seoul"``, ``"busan"`` or
-            ``"annarbor"`` (found under ``$CITYENV_DATA``); used when ``city_db`` is ``None``
-            (default ``"town"``).
+        city: A name of :data:`~cityenv.envs.cities.CITY_PROVIDERS`: ``"town"`` (built-in,
+            generated on first use by its provider, ``carla_tools``), ``"seoul"``, ``"busan"``
+            or ``"annarbor"`` (found under ``$CITYENV_DATA``); used when ``city_db`` is
+            ``None`` (default ``"town"``).
         world_model: ``"warp"`` (:class:`~cityenv.worldmodel.warp.WarpWorldModel`),
             ``"diffusion"`` (:class:`~cityenv.worldmodel.diffusion.DiffusionWorldModel`, built
             by :meth:`~cityenv.worldmodel.diffusion.DiffusionWorldModel.create` from
@@ -109,7 +111,11 @@ class CityWorldEnv(gym.Env):
             ``discrete`` mode goes straight at half of it.
         action_options: Keyword arguments of the action adapter (override the above).
         task_options: Keyword arguments of the task (``success_radius_m``, ``off_road_m``, ...).
-        town: Keyword arguments of :func:`cityenv.envs.town.build_town_db` for ``city="town"``.
+        town: Options of the built-in town's database for ``city="town"``: the fields of
+            :class:`~cityenv.envs.town.TownSpec` (``seed``, ``blocks``, ``size``,
+            ``spacing_m``) and ``progress`` (a progress bar while it is built on first use);
+            checked whatever the city (:class:`~cityenv.errors.ConfigError` for an unknown key,
+            with "Did you mean", or a wrong value).
         link_radius_m: Road-graph link radius, metres.
         start_radius_m: A given start must lie this close to a panorama (horizontally).
         full_info: Also put the chunk's objects and timings in ``info`` (``pose``,
@@ -154,8 +160,9 @@ class CityWorldEnv(gym.Env):
     ) -> None:
         _check_choice("observe", observe, ("last", "chunk"))
         _check_choice("render_mode", render_mode, (None, "rgb_array"))
+        town_spec = TownSpec.from_options(town)  # checked even when another city is asked for
         self.render_mode = render_mode
-        self.db = _open_db(city_db, city, town)
+        self.db = _open_db(city_db, city, town_spec, _build_progress(town))
         self.road_graph = RoadGraph.from_citydb(self.db, link_radius_m=link_radius_m)
         self.camera = PinholeCamera.from_fov(int(width), int(height), float(fov_deg))
         self.chunk_length, self.fps = int(chunk_length), float(fps)
@@ -467,19 +474,26 @@ class CityWorldEnv(gym.Env):
 # --- construction helpers -------------------------------------------------------------------------
 def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
+        raise unknown_name(name, value, [str(c) for c in choices])
 
 
 def _open_db(
     city_db: str | os.PathLike[str] | CityDB | None,
     city: str | None,
-    town: Mapping[str, Any] | None,
+    town: TownSpec,
+    progress: bool,
 ) -> CityDB:
     if isinstance(city_db, CityDB):
         return city_db
     if city_db is not None:
         return CityDB.open(city_db)
-    return CityDB.open(resolve_city_db(city or "town", dict(town or {})))
+    # Every city's provider gets the town's options; only the town's uses them.
+    return CityDB.open(resolve_city_db(city or "town", town, progress=progress))
+
+
+def _build_progress(town: Mapping[str, Any] | TownSpec | None) -> bool:
+    """The ``progress`` build option of the env's ``town=`` mapping (default True)."""
+    return bool(town.get("progress", True)) if isinstance(town, Mapping) else True
 
 
 def _adapter(
@@ -518,9 +532,11 @@ def _make_world_model(
         path = _WORLD_MODELS.get(spec, spec)
         module, _, name = path.partition(":")
         if not name:
-            raise ValueError(
-                f"world_model must be one of {tuple(_WORLD_MODELS)} or "
-                f"'package.module:ClassName', got {spec!r}."
+            raise unknown_name(
+                "world_model",
+                spec,
+                _WORLD_MODELS,
+                advice="Or give a factory as 'package.module:ClassName'.",
             )
         factory: Any = importlib.import_module(module)
         for part in name.split("."):
@@ -567,14 +583,12 @@ def estimate_reference_height(db: CityDB, samples: int = 24) -> float:
         return DEFAULT_REFERENCE_HEIGHT_M
     drops: list[np.ndarray] = []
     for view_id in np.linspace(0, len(db) - 1, min(samples, len(db))).astype(int):
-        depth, camera, pose = db.load_depth(int(view_id)), db.camera(int(view_id)), None
+        depth, camera = db.load_depth(int(view_id)), db.camera(int(view_id))
         rows = slice(int(camera.height * 0.9), camera.height)
         cols = slice(int(camera.width * 0.4), int(camera.width * 0.6) + 1)
         z = depth[rows, cols]
-        v, u = np.mgrid[rows, cols]
-        pts = np.stack(
-            [(u + 0.5 - camera.cx) / camera.fx * z, (v + 0.5 - camera.cy) / camera.fy * z, z], -1
-        )[z > 0]
+        # Camera-frame points: the rays through the pixel centres (z = 1) scaled by z-depth.
+        pts = (camera.pixel_rays()[rows, cols] * z[..., None])[z > 0]
         if pts.size:
             pose = db.pose(int(view_id))
             drops.append(-(pts @ pose.rotation_matrix.T)[:, 2])

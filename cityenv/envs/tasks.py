@@ -153,13 +153,6 @@ def make_task(name: str, **options: Any) -> NavigationTask:
     Raises:
         UnknownNameError: If the name is not a known task.
     """
-    from cityenv.errors import UnknownNameError
+    from cityenv.errors import check_name
 
-    cls = TASKS.get(name)
-    if cls is None:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), TASKS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownNameError(f"task must be one of {sorted(TASKS)}, got {name!r}{hint}")
-    return cls(**options)
+    return TASKS[check_name("task", name, TASKS)](**options)

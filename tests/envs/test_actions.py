@@ -113,5 +113,5 @@ def test_bad_actions_raise(adapter, action, match):
 
 
 def test_unknown_mode_suggests_a_name():
-    with pytest.raises(UnknownNameError, match="did you mean 'velocity'"):
+    with pytest.raises(UnknownNameError, match=r"got 'velocty'\. Did you mean 'velocity'\?"):
         make_action_adapter("velocty", L, FPS)

@@ -157,6 +157,33 @@ def test_start_options(make_env):
     np.testing.assert_allclose(info["pose"].position, [*xy, 2.5])
 
 
+def _old_reference_height(db, samples: int = 24) -> float:
+    """The formula estimate_reference_height had before it used PinholeCamera.pixel_rays."""
+    drops = []
+    for view_id in np.linspace(0, len(db) - 1, min(samples, len(db))).astype(int):
+        depth, camera = db.load_depth(int(view_id)), db.camera(int(view_id))
+        rows = slice(int(camera.height * 0.9), camera.height)
+        cols = slice(int(camera.width * 0.4), int(camera.width * 0.6) + 1)
+        z = depth[rows, cols]
+        v, u = np.mgrid[rows, cols]
+        pts = np.stack(
+            [(u + 0.5 - camera.cx) / camera.fx * z, (v + 0.5 - camera.cy) / camera.fy * z, z], -1
+        )[z > 0]
+        if pts.size:
+            drops.append(-(pts @ db.pose(int(view_id)).rotation_matrix.T)[:, 2])
+    return float(np.median(np.concatenate(drops)))
+
+
+def test_reference_height_unchanged_by_pixel_rays(town_db):
+    from cityenv.citydb.reader import CityDB
+
+    db = CityDB.open(town_db)
+    for samples in (1, 5, 24):
+        assert estimate_reference_height(db, samples) == pytest.approx(
+            _old_reference_height(db, samples), rel=1e-12
+        )
+
+
 def test_camera_height(make_env, town_db):
     from cityenv.citydb.reader import CityDB
 

@@ -1,4 +1,5 @@
-"""Scenario YAML: parsing, defaults, prompt schedule, and the errors for malformed files."""
+"""Scenario YAML (:mod:`cityenv.scenario`): parsing, defaults, prompt schedule, and the errors for
+malformed files."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from cityenv.config import config_dir
 from cityenv.geometry.geodesy import LocalFrame
-from policies.scenario import (
+from cityenv.scenario import (
     Location,
     Scenario,
     ScenarioError,
