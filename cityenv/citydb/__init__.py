@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from cityenv._lazy import lazy_namespace
 
 if TYPE_CHECKING:
+    from cityenv.citydb.format import ViewRecords
     from cityenv.citydb.ingest import IngestStats, PanoramaRow, ingest_panoramas, read_panorama_csv
     from cityenv.citydb.reader import CityDB, View, ViewMetadata
     from cityenv.citydb.retrieval import (
@@ -48,6 +49,7 @@ _HOMES = {
     "RetrievalResult": "retrieval",
     "Retriever": "retrieval",
     "CityDBWriter": "writer",
+    "ViewRecords": "format",
 }
 __all__ = [
     "Candidates",
@@ -63,6 +65,7 @@ __all__ = [
     "Retriever",
     "View",
     "ViewMetadata",
+    "ViewRecords",
     "ingest_panoramas",
     "read_panorama_csv",
 ]
