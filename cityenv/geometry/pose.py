@@ -585,8 +585,15 @@ def quaternions_to_matrices(wxyz: ArrayLike) -> np.ndarray:
         quaternions_to_matrices([[1, 0, 0, 0]])  # (1, 3, 3) identity
     """
     q = _normalised(_as_wxyz(wxyz, "wxyz"), "wxyz")
-    w, x, y, z = np.moveaxis(q, -1, 0)
-    m = np.empty((*q.shape[:-1], 3, 3))
+    return _fill_rotations(q, np.empty((*q.shape[:-1], 3, 3)))
+
+
+def _fill_rotations(q: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Write the rotation matrices of unit quaternions ``q`` ``(..., 4)`` into ``m[..., :3, :3]``.
+
+    Returns ``m`` (filled in place, so a ``(..., 4, 4)`` pose array needs no second copy).
+    """
+    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
     m[..., 0, 0] = 1.0 - 2.0 * (y * y + z * z)
     m[..., 0, 1] = 2.0 * (x * y - w * z)
     m[..., 0, 2] = 2.0 * (x * z + w * y)
@@ -616,19 +623,18 @@ def poses_to_matrices(positions: ArrayLike, wxyz: ArrayLike) -> np.ndarray:
         InvalidPoseError: If a quaternion is zero or a value is NaN/inf.
     """
     p = np.asarray(positions, dtype=np.float64)
-    rotations = quaternions_to_matrices(wxyz)
-    if p.shape != rotations.shape[:-2] + (3,):
+    q = _as_wxyz(wxyz, "wxyz")
+    if p.shape != q.shape[:-1] + (3,):
         raise ShapeMismatchError(
-            f"positions must have shape {rotations.shape[:-2] + (3,)} to match wxyz of shape "
-            f"{rotations.shape[:-2] + (4,)}, got shape {p.shape}; pass one xyz position per "
-            "quaternion."
+            f"positions must have shape {q.shape[:-1] + (3,)} to match wxyz of shape {q.shape}, "
+            f"got shape {p.shape}; pass one xyz position per quaternion."
         )
     if not np.all(np.isfinite(p)):
         raise InvalidPoseError(
             "positions must be finite, got NaN/inf; check the source of the poses."
         )
     m = np.zeros((*p.shape[:-1], 4, 4))
-    m[..., :3, :3] = rotations
+    _fill_rotations(_normalised(q, "wxyz"), m)
     m[..., :3, 3] = p
     m[..., 3, 3] = 1.0
     return m
