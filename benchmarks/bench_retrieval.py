@@ -1,7 +1,7 @@
 """Benchmark CityDB opening and two-stage retrieval at city scale.
 
 Builds an index-only CityDB (manifest + Parquet view/panorama tables written by the real writer's
-``append_index`` path, no images) of ``--panoramas`` panoramas x 8 views laid out on a street grid
+``append_views`` path, no images) of ``--panoramas`` panoramas x 8 views laid out on a street grid
 over a 30 km x 30 km city (streets every 150 m, a panorama every 10 m), then measures in a fresh
 process: open time, stage 1 (one chunk's candidate query), stage 2 (16 candidates at 64x64 depth,
 depths from an in-memory ``depth_provider``), a whole chunk's retrieval, and peak RSS.
@@ -38,12 +38,13 @@ import pyarrow.compute as pc  # noqa: E402
 import torch  # noqa: E402
 
 from cityenv.citydb import format as fmt  # noqa: E402
+from cityenv.citydb.format import ViewRecords  # noqa: E402
 from cityenv.citydb.reader import CityDB  # noqa: E402
 from cityenv.citydb.retrieval import Retriever  # noqa: E402
 from cityenv.citydb.writer import CityDBWriter  # noqa: E402
 from cityenv.geometry.camera import PinholeCamera  # noqa: E402
 from cityenv.geometry.geodesy import LocalFrame  # noqa: E402
-from cityenv.geometry.pose import Pose, Trajectory  # noqa: E402
+from cityenv.geometry.pose import Pose, Trajectory, heading_quaternions  # noqa: E402
 
 CITY_SIZE_M = 30_000.0
 STREET_SPACING_M = 150.0
@@ -90,85 +91,26 @@ def _strings(prefix: str, numbers: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(prefix, pa.array(numbers).cast(pa.string()), "")
 
 
-def _yaw_quaternions(heading_deg: np.ndarray) -> np.ndarray:
-    """Camera-to-world wxyz quaternions ``(N, 4)`` of level cameras along compass headings."""
-    # Pose.from_heading(p, 0) is the base rotation; heading h turns it by -h about world up.
-    base = Pose.from_heading(np.zeros(3), 0.0).rotation
-    half = -np.radians(heading_deg) / 2.0
-    bw, bx, by, bz = base.w, base.x, base.y, base.z
-    cw, cz = np.cos(half), np.sin(half)  # rotation about z: (cos, 0, 0, sin)
-    return np.stack(
-        [cw * bw - cz * bz, cw * bx - cz * by, cw * by + cz * bx, cw * bz + cz * bw], axis=1
-    )
-
-
-def build_tables(
-    first_panorama: int,
-    positions: np.ndarray,
-    headings: np.ndarray,
-    times: np.ndarray,
-    camera_index: int,
-) -> tuple[pa.Table, pa.Table]:
-    """View and panorama tables (index only, no blobs) for a block of panoramas."""
+def build_records(
+    first_panorama: int, positions: np.ndarray, headings: np.ndarray, times: np.ndarray
+) -> ViewRecords:
+    """Index-only rows of a block of panoramas, 8 level views each around the road heading."""
     count = positions.shape[0]
-    pano_index = np.arange(first_panorama, first_panorama + count, dtype=np.int32)
-    lat, lon, height = FRAME.enu_to_geodetic(positions)
-    pano_ids = _strings("pano-", pano_index)
-    trav_ids = _strings("trav-", pano_index // PANORAMAS_PER_TRAVERSAL)
-    stamp = pa.array(times).cast(pa.timestamp("us", tz="UTC"))
-    panoramas = pa.table(
-        {
-            "panorama_index": pano_index,
-            "panorama_id": pano_ids,
-            "traversal_id": trav_ids,
-            "capture_time": stamp,
-            "lat": lat,
-            "lon": lon,
-            "height": height,
-            "x": positions[:, 0],
-            "y": positions[:, 1],
-            "z": positions[:, 2],
-        }
+    numbers = np.arange(first_panorama, first_panorama + count)
+    view_panorama = np.repeat(np.arange(count), VIEWS_PER_PANORAMA)
+    view_index = np.tile(np.arange(VIEWS_PER_PANORAMA), count)
+    view_headings = headings[view_panorama] + 360.0 / VIEWS_PER_PANORAMA * view_index
+    return ViewRecords(
+        panorama_ids=_strings("pano-", numbers),
+        traversal_ids=_strings("trav-", numbers // PANORAMAS_PER_TRAVERSAL),
+        capture_times=times,
+        panorama_positions=positions,
+        view_panorama=view_panorama,
+        wxyz=heading_quaternions(view_headings),
+        cameras=CAMERA,
+        view_index=view_index,
+        source="bench",
     )
-    rep = np.repeat(np.arange(count), VIEWS_PER_PANORAMA)
-    view_index = np.tile(np.arange(VIEWS_PER_PANORAMA, dtype=np.int16), count)
-    quats = _yaw_quaternions(headings[rep] + 360.0 / VIEWS_PER_PANORAMA * view_index)
-    n = rep.size
-    take = pa.array(rep)
-    views = pa.table(
-        {
-            "view_id": np.arange(first_panorama * 8, first_panorama * 8 + n, dtype=np.int64),
-            "panorama_index": pano_index[rep],
-            "view_index": view_index,
-            "panorama_id": pano_ids.take(take),
-            "traversal_id": trav_ids.take(take),
-            "capture_time": stamp.take(take),
-            "lat": lat[rep],
-            "lon": lon[rep],
-            "height": height[rep],
-            "x": positions[rep, 0],
-            "y": positions[rep, 1],
-            "z": positions[rep, 2],
-            "qw": quats[:, 0],
-            "qx": quats[:, 1],
-            "qy": quats[:, 2],
-            "qz": quats[:, 3],
-            "camera_index": np.full(n, camera_index, np.int32),
-            "image_width": np.full(n, CAMERA.width, np.int32),
-            "image_height": np.full(n, CAMERA.height, np.int32),
-            "fx": np.full(n, CAMERA.fx),
-            "fy": np.full(n, CAMERA.fy),
-            "cx": np.full(n, CAMERA.cx),
-            "cy": np.full(n, CAMERA.cy),
-            "source": _const("bench", n),
-            **{name: np.zeros(n, np.int64) for name in fmt.BLOB_COLUMNS},
-        }
-    )
-    return views, panoramas
-
-
-def _const(value: str, n: int) -> pa.Array:
-    return pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), [value]).cast(pa.string())
 
 
 def build(path: Path, num_panoramas: int, seed: int, block: int = 100_000) -> None:
@@ -181,10 +123,9 @@ def build(path: Path, num_panoramas: int, seed: int, block: int = 100_000) -> No
     times = traversal_time[np.arange(num_panoramas) // PANORAMAS_PER_TRAVERSAL]
     times = times + np.arange(num_panoramas) % PANORAMAS_PER_TRAVERSAL * 1_000_000
     with CityDBWriter(path, city="bench-city", frame=FRAME) as writer:
-        cam = writer.register_camera(CAMERA)
         for first in range(0, num_panoramas, block):
             s = slice(first, min(first + block, num_panoramas))
-            writer.append_index(*build_tables(first, positions[s], headings[s], times[s], cam))
+            writer.append_views(build_records(first, positions[s], headings[s], times[s]))
 
 
 # --- queries ----------------------------------------------------------------------------------

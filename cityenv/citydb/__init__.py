@@ -20,6 +20,7 @@ from cityenv._lazy import lazy_namespace
 
 if TYPE_CHECKING:
     from cityenv.citydb.clips import Clip, ClipInfo, ClipStore, split_traversals
+    from cityenv.citydb.format import ViewRecords
     from cityenv.citydb.ingest import IngestStats, PanoramaRow, ingest_panoramas, read_panorama_csv
     from cityenv.citydb.reader import CityDB, View, ViewMetadata
     from cityenv.citydb.retrieval import (
@@ -53,6 +54,7 @@ _HOMES = {
     "RetrievalResult": "retrieval",
     "Retriever": "retrieval",
     "CityDBWriter": "writer",
+    "ViewRecords": "format",
 }
 __all__ = [
     "Candidates",
@@ -71,6 +73,7 @@ __all__ = [
     "Retriever",
     "View",
     "ViewMetadata",
+    "ViewRecords",
     "ingest_panoramas",
     "read_panorama_csv",
     "split_traversals",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,11 +31,13 @@ from typing import Any
 import cv2
 import numpy as np
 import pyarrow as pa
+from numpy.typing import ArrayLike
 
 from cityenv.errors import (
     CityDBFormatError,
     CorruptImageError,
     InvalidDepthError,
+    InvalidPoseError,
     ManifestNotFoundError,
     ShapeMismatchError,
     UnsafePathError,
@@ -52,12 +55,15 @@ __all__ = [
     "Manifest",
     "PartInfo",
     "ShardInfo",
+    "ViewRecords",
     "decode_depth",
     "decode_image",
     "encode_depth",
     "encode_image",
+    "index_tables",
     "read_manifest",
     "resolve_inside",
+    "to_utc_micros",
     "write_manifest",
 ]
 
@@ -140,7 +146,18 @@ BLOB_COLUMNS = (
     "depth_offset",
     "depth_length",
 )
+CAMERA_COLUMNS = ("image_width", "image_height", "fx", "fy", "cx", "cy")
 ROW_GROUP_SIZE = 65536
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def to_utc_micros(time: datetime) -> int:
+    """Microseconds since the Unix epoch of a capture time (naive datetimes are taken as UTC)."""
+    if not isinstance(time, datetime):
+        raise TypeError(f"capture_time must be a datetime, got {type(time).__name__}.")
+    aware = time.replace(tzinfo=timezone.utc) if time.tzinfo is None else time
+    delta = aware.astimezone(timezone.utc) - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def parquet_write_options(schema: pa.Schema) -> dict[str, Any]:
@@ -157,6 +174,306 @@ def parquet_write_options(schema: pa.Schema) -> dict[str, Any]:
         "row_group_size": ROW_GROUP_SIZE,
         "write_statistics": ["view_id", "panorama_index"],
     }
+
+
+# --- index rows from typed arrays -----------------------------------------------------------------
+_UNIT_ATOL = 1e-6  # |q| may differ from 1 by this much (float32 sources round-trip within it)
+
+
+def _strings(values: Sequence[str] | pa.Array | pa.ChunkedArray, name: str, n: int) -> pa.Array:
+    """``values`` as an Arrow string array of length ``n``."""
+    if isinstance(values, str):
+        raise CityDBFormatError(
+            f"{name} must be {n} strings, got the single string {values!r}; pass a list."
+        )
+    try:
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if isinstance(values, pa.Array):
+            arr = values.cast(pa.string())
+        else:
+            arr = pa.array(values if isinstance(values, np.ndarray) else list(values), pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError) as exc:
+        raise CityDBFormatError(
+            f"{name} must be strings (a sequence of str or an Arrow string array), got "
+            f"{type(values).__name__} ({exc}); pass one id string per panorama."
+        ) from exc
+    if len(arr) != n:
+        raise ShapeMismatchError(
+            f"{name} must have length {n} (one per panorama), got {len(arr)}; pass one id per "
+            "row of panorama_positions."
+        )
+    if arr.null_count:
+        raise CityDBFormatError(f"{name} must not hold nulls, got {arr.null_count}.")
+    return arr
+
+
+def _float_array(values: ArrayLike, name: str, rows: int, width: int, what: str) -> np.ndarray:
+    """``values`` as finite float64 ``(rows, width)`` (``rows == -1``: any number of rows)."""
+    arr = np.asarray(values)
+    expected = f"({'P' if rows < 0 else rows}, {width})"
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise CityDBFormatError(
+            f"{name} must be a numeric array of shape {expected}, got dtype {arr.dtype}; "
+            f"pass {what}."
+        )
+    if arr.ndim != 2 or arr.shape[1] != width or rows not in (-1, arr.shape[0]):
+        raise ShapeMismatchError(
+            f"{name} must have shape {expected}, got shape {arr.shape}; pass {what}."
+        )
+    arr = arr.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(arr)):
+        raise InvalidPoseError(f"{name} must be finite, got NaN/inf; pass {what}.")
+    return arr
+
+
+def _int_array(values: ArrayLike, name: str, n: int, low: int, high: int, what: str) -> np.ndarray:
+    """``values`` as int64 ``(n,)`` with every value in ``[low, high)``."""
+    arr = np.asarray(values)
+    if arr.size == 0:  # np.asarray([]) is float64
+        arr = arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise CityDBFormatError(
+            f"{name} must be an integer array of shape ({n},), got dtype {arr.dtype}; pass {what}."
+        )
+    if arr.shape != (n,):
+        raise ShapeMismatchError(
+            f"{name} must have shape ({n},) (one per view), got shape {arr.shape}; pass {what}."
+        )
+    arr = arr.astype(np.int64, copy=False)
+    if n and (arr.min() < low or arr.max() >= high):
+        raise CityDBFormatError(
+            f"{name} must lie in [{low}, {high}), got values in [{arr.min()}, {arr.max()}]; "
+            f"pass {what}."
+        )
+    return arr
+
+
+def _micros(times: ArrayLike | Sequence[datetime], n: int) -> np.ndarray:
+    """Capture times ``(n,)`` as int64 microseconds since 1970 UTC."""
+    arr = np.asarray(times)
+    if arr.dtype == object:
+        if not all(isinstance(t, datetime) for t in arr.ravel()):
+            raise CityDBFormatError(
+                "capture_times must be datetimes, numpy datetime64 or int64 microseconds since "
+                f"1970 UTC, got {sorted({type(t).__name__ for t in arr.ravel()})}."
+            )
+        arr = np.array([to_utc_micros(t) for t in arr.ravel()], np.int64).reshape(arr.shape)
+    elif np.issubdtype(arr.dtype, np.datetime64):
+        arr = arr.astype("datetime64[us]").astype(np.int64)  # naive datetime64 is taken as UTC
+    elif not np.issubdtype(arr.dtype, np.integer):
+        raise CityDBFormatError(
+            "capture_times must be datetimes, numpy datetime64 or int64 microseconds since 1970 "
+            f"UTC, got dtype {arr.dtype}; convert float seconds with (t * 1e6).astype(np.int64)."
+        )
+    if arr.shape != (n,):
+        raise ShapeMismatchError(
+            f"capture_times must have shape ({n},) (one per panorama), got shape {arr.shape}."
+        )
+    return arr.astype(np.int64, copy=False)
+
+
+def _order_in_panorama(view_panorama: np.ndarray) -> np.ndarray:
+    """Index of each view among its panorama's views, in view order ``(V,)`` int16."""
+    order = np.argsort(view_panorama, kind="stable")
+    starts = np.searchsorted(view_panorama[order], view_panorama[order])
+    view_index = np.empty(view_panorama.shape[0], np.int16)
+    view_index[order] = np.arange(view_panorama.shape[0]) - starts
+    return view_index
+
+
+@dataclass(frozen=True)
+class ViewRecords:
+    """Index rows of ``P`` panoramas and their ``V`` views as plain typed arrays (no pixels).
+
+    What :meth:`CityDBWriter.append_views <cityenv.citydb.writer.CityDBWriter.append_views>`
+    takes instead of prebuilt :data:`VIEW_SCHEMA` / :data:`PANORAMA_SCHEMA` tables: the writer
+    numbers the rows, registers the cameras, derives the geodetic columns from ENU and the
+    panorama columns of each view. Arrays are validated (and converted) on construction.
+
+    Args:
+        panorama_ids: Panorama ids, ``P`` strings (a sequence or an Arrow string array).
+        traversal_ids: Capture pass of each panorama, ``P`` strings.
+        capture_times: Capture time of each panorama, shape ``(P,)``: int64 microseconds since
+            1970 UTC, numpy ``datetime64`` (taken as UTC) or ``datetime`` objects.
+        panorama_positions: Panorama centres, shape ``(P, 3)`` ENU metres.
+        view_panorama: Panorama of each view, shape ``(V,)`` int in ``[0, P)`` (any order).
+        wxyz: Camera-to-world rotation of each view, shape ``(V, 4)`` unit quaternions
+            ``(w, x, y, z)`` (stored as given, so they must be unit already).
+        cameras: The intrinsics of every view, or a list of them indexed by ``view_camera``.
+        view_camera: Shape ``(V,)`` int index into ``cameras``; ``None`` = ``cameras[0]``.
+        view_positions: Camera centres ``(V, 3)`` ENU; ``None`` = their panorama's position.
+        view_index: Index of each view within its panorama ``(V,)`` int; ``None`` = the view's
+            rank among its panorama's views (in view order).
+        source: Provenance of every row (e.g. ``"import:vendor"``).
+
+    Raises:
+        ShapeMismatchError: If an array's shape or length disagrees with ``P`` or ``V``.
+        CityDBFormatError: If an array has the wrong dtype or an index is out of range.
+        InvalidPoseError: If a position or quaternion is not finite or a quaternion is not unit.
+
+    Example::
+
+        records = ViewRecords(
+            panorama_ids=["p0"], traversal_ids=["drive-1"], capture_times=[t0_us],
+            panorama_positions=[[0.0, 0.0, 2.5]], view_panorama=np.zeros(8, int),
+            wxyz=yaw_quaternions, cameras=PinholeCamera.from_fov(512, 512, 90.0),
+        )
+        view_ids = writer.append_views(records)
+    """
+
+    panorama_ids: Sequence[str] | pa.Array
+    traversal_ids: Sequence[str] | pa.Array
+    capture_times: ArrayLike | Sequence[datetime]
+    panorama_positions: ArrayLike
+    view_panorama: ArrayLike
+    wxyz: ArrayLike
+    cameras: PinholeCamera | Sequence[PinholeCamera]
+    view_camera: ArrayLike | None = None
+    view_positions: ArrayLike | None = None
+    view_index: ArrayLike | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        positions = _float_array(
+            self.panorama_positions, "panorama_positions", -1, 3, "one ENU xyz per panorama"
+        )
+        p = positions.shape[0]
+        view_panorama = np.asarray(self.view_panorama)
+        if view_panorama.ndim != 1:
+            raise ShapeMismatchError(
+                "view_panorama must have shape (V,) (one panorama row per view), got shape "
+                f"{view_panorama.shape}; pass a 1-D integer array."
+            )
+        v = view_panorama.shape[0]
+        view_panorama = _int_array(
+            view_panorama, "view_panorama", v, 0, p, "the row of panorama_positions of each view"
+        )
+        cameras = [self.cameras] if isinstance(self.cameras, PinholeCamera) else list(self.cameras)
+        if not cameras or not all(isinstance(c, PinholeCamera) for c in cameras):
+            raise CityDBFormatError(
+                "cameras must be a PinholeCamera or a non-empty sequence of them, got "
+                f"{type(self.cameras).__name__}; pass the views' intrinsics."
+            )
+        converted = {
+            "panorama_positions": positions,
+            "panorama_ids": _strings(self.panorama_ids, "panorama_ids", p),
+            "traversal_ids": _strings(self.traversal_ids, "traversal_ids", p),
+            "capture_times": _micros(self.capture_times, p),
+            "view_panorama": view_panorama,
+            "wxyz": self._unit_quaternions(v),
+            "cameras": cameras,
+            "view_camera": np.zeros(v, np.int64)
+            if self.view_camera is None
+            else _int_array(self.view_camera, "view_camera", v, 0, len(cameras), "camera rows"),
+            "view_positions": None
+            if self.view_positions is None
+            else _float_array(self.view_positions, "view_positions", v, 3, "one xyz per view"),
+            "view_index": _order_in_panorama(view_panorama)
+            if self.view_index is None
+            else _int_array(self.view_index, "view_index", v, 0, 2**15, "ranks").astype(np.int16),
+        }
+        for name, value in converted.items():  # frozen: store the validated arrays once
+            object.__setattr__(self, name, value)
+
+    def _unit_quaternions(self, v: int) -> np.ndarray:
+        q = _float_array(self.wxyz, "wxyz", v, 4, "one (w, x, y, z) quaternion per view")
+        norm = np.linalg.norm(q, axis=1)
+        if v and np.abs(norm - 1.0).max() > _UNIT_ATOL:
+            raise InvalidPoseError(
+                f"wxyz must hold unit quaternions (|q| = 1 within {_UNIT_ATOL}), got norms in "
+                f"[{norm.min():.6g}, {norm.max():.6g}]; normalise them with "
+                "q / np.linalg.norm(q, axis=1, keepdims=True)."
+            )
+        return q
+
+    @property
+    def num_panoramas(self) -> int:
+        """``P``."""
+        return int(self.panorama_positions.shape[0])  # type: ignore[union-attr]
+
+    @property
+    def num_views(self) -> int:
+        """``V``."""
+        return int(self.view_panorama.shape[0])  # type: ignore[union-attr]
+
+
+def index_tables(
+    records: ViewRecords,
+    *,
+    first_view_id: int,
+    first_panorama_index: int,
+    camera_index: Sequence[int],
+    frame: LocalFrame,
+) -> tuple[pa.Table, pa.Table]:
+    """The :data:`VIEW_SCHEMA` and :data:`PANORAMA_SCHEMA` rows of ``records`` (index only).
+
+    The one place that lays typed view records out as CityDB rows: ids continue from
+    ``first_view_id`` / ``first_panorama_index``, latitude, longitude and height come from the
+    ENU positions through ``frame``, views take their panorama's ids and time, and blob
+    locators are 0 (no image, no depth).
+
+    Args:
+        records: The rows.
+        first_view_id: Id of the first view row.
+        first_panorama_index: Index of the first panorama row.
+        camera_index: The database's camera index of each of ``records.cameras``.
+        frame: The city's ENU frame.
+
+    Returns:
+        ``(views, panoramas)``: ``V`` and ``P`` rows conforming to the schemas.
+    """
+    r = records
+    p, n = r.num_panoramas, r.num_views
+    rep = r.view_panorama
+    positions = r.panorama_positions
+    lat, lon, height = (np.atleast_1d(a) for a in frame.enu_to_geodetic(positions.reshape(-1, 3)))
+    pano_index = np.arange(first_panorama_index, first_panorama_index + p, dtype=np.int32)
+    stamp = pa.array(r.capture_times).cast(_TIME)
+    columns = [pano_index, r.panorama_ids, r.traversal_ids, stamp, lat, lon, height]
+    columns += [positions[:, k] for k in range(3)]
+    panoramas = pa.Table.from_arrays(
+        [_arrow(c, f.type) for c, f in zip(columns, PANORAMA_SCHEMA, strict=True)],
+        schema=PANORAMA_SCHEMA,
+    )
+    if r.view_positions is None:
+        view_xyz = positions[rep]
+        view_geo = (lat[rep], lon[rep], height[rep])
+    else:
+        view_xyz = r.view_positions
+        view_geo = tuple(np.atleast_1d(a) for a in frame.enu_to_geodetic(view_xyz.reshape(-1, 3)))
+    cams = np.array([[c.width, c.height, c.fx, c.fy, c.cx, c.cy] for c in r.cameras])
+    cams = cams[r.view_camera]
+    take = pa.array(rep)
+    columns: dict[str, Any] = {
+        "view_id": np.arange(first_view_id, first_view_id + n, dtype=np.int64),
+        "panorama_index": pano_index[rep],
+        "view_index": r.view_index,
+        "panorama_id": r.panorama_ids.take(take),
+        "traversal_id": r.traversal_ids.take(take),
+        "capture_time": stamp.take(take),
+        "lat": view_geo[0],
+        "lon": view_geo[1],
+        "height": view_geo[2],
+        **{axis: view_xyz[:, k] for k, axis in enumerate("xyz")},
+        **{name: r.wxyz[:, k] for k, name in enumerate(("qw", "qx", "qy", "qz"))},
+        "camera_index": np.asarray(camera_index, np.int64)[r.view_camera],
+        **{name: cams[:, k] for k, name in enumerate(CAMERA_COLUMNS)},
+        # one dictionary entry: a string column of V copies would cost V Python strings
+        "source": pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), [r.source]),
+        **{name: np.zeros(n, np.int64) for name in BLOB_COLUMNS},
+    }
+    views = pa.Table.from_arrays(
+        [_arrow(columns[f.name], f.type) for f in VIEW_SCHEMA], schema=VIEW_SCHEMA
+    )
+    return views, panoramas
+
+
+def _arrow(values: Any, type_: pa.DataType) -> pa.Array:
+    """An Arrow array of ``type_`` from a numpy array or an Arrow array."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values if values.type == type_ else values.cast(type_)
+    return pa.array(values, type=type_)
 
 
 # --- manifest -----------------------------------------------------------------------------------

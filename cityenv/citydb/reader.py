@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
@@ -24,16 +23,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.spatial import cKDTree
 
+from cityenv.cache import LRUCache
 from cityenv.citydb import format as fmt
 from cityenv.errors import CityDBFormatError, CorruptImageError, ViewNotFoundError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
-from cityenv.geometry.pose import Pose
+from cityenv.geometry.pose import Pose, rotation_matrix_column
 
 __all__ = ["CityDB", "View", "ViewMetadata"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ROW_GROUP_CACHE = 8
+_ROW_GROUP_CACHE = 8  # decoded row groups kept per database (metadata / load_view reads)
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class CityDB:
         ]
         self._fds: dict[int, int] = {}
         self._locators: dict[int, np.ndarray] = {}
-        self._row_groups: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self._row_groups = LRUCache[tuple[int, int], pa.Table](_ROW_GROUP_CACHE)
         self._row_group_starts: dict[int, np.ndarray] = {}
 
     # --- opening --------------------------------------------------------------------------------
@@ -261,7 +261,8 @@ class CityDB:
     @cached_property
     def view_forwards(self) -> np.ndarray:
         """World direction of every view's optical axis, shape ``(V, 3)`` float32 unit vectors."""
-        return _forward_from_wxyz(self._index.view_wxyz)
+        # view_wxyz is component-major (4, V) float32; its transpose is the (V, 4) layout, no copy
+        return rotation_matrix_column(self._index.view_wxyz.T, 2)
 
     @cached_property
     def _panorama_csr(self) -> tuple[np.ndarray | None, np.ndarray]:
@@ -488,17 +489,14 @@ class CityDB:
             starts = self._row_group_starts[part] = np.cumsum([0, *sizes])
         group = int(np.searchsorted(starts, local, side="right")) - 1
         row = local - int(starts[group])
-        key = (part, group)
-        table = self._row_groups.get(key)
-        if table is None:
-            with pq.ParquetFile(self._part_file(part)) as f:
-                table = f.read_row_group(group)
-            self._row_groups[key] = table
-            if len(self._row_groups) > _ROW_GROUP_CACHE:
-                self._row_groups.popitem(last=False)
-        else:
-            self._row_groups.move_to_end(key)
+        table = self._row_groups.get_or_create(
+            (part, group), lambda: self._read_row_group(part, group)
+        )
         return table.slice(row, 1).to_pylist()[0]
+
+    def _read_row_group(self, part: int, group: int) -> pa.Table:
+        with pq.ParquetFile(self._part_file(part)) as f:
+            return f.read_row_group(group)
 
     def _locator(self, view_id: int) -> tuple[int, int, int, int, int, int]:
         """Image and depth ``(shard, offset, length)`` of a view (locators are read per part)."""
@@ -640,16 +638,6 @@ def _check_index(index: _Index, manifest: fmt.Manifest, root: Path) -> None:
             f"the view table of {root} must reference existing panoramas and cameras, got "
             f"{'; '.join(bad)} (indices vs counts); rebuild the database."
         )
-
-
-def _forward_from_wxyz(q: np.ndarray) -> np.ndarray:
-    """Third rotation-matrix column of unit quaternions ``(4, N)`` wxyz, as ``(N, 3)`` float32."""
-    w, x, y, z = q
-    forward = np.empty((q.shape[1], 3), dtype=np.float32)
-    forward[:, 0] = 2.0 * (x * z + w * y)
-    forward[:, 1] = 2.0 * (y * z - w * x)
-    forward[:, 2] = 1.0 - 2.0 * (x * x + y * y)
-    return forward
 
 
 def _micros_to_datetime(micros: int) -> datetime:

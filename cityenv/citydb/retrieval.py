@@ -19,18 +19,24 @@ Frames: ENU world (metres), OpenCV cameras, camera-to-world poses.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
 
+from cityenv.cache import LRUCache
 from cityenv.citydb.reader import CityDB
 from cityenv.citydb.writer import to_utc_micros
 from cityenv.errors import InvalidPoseError, ShapeMismatchError
 from cityenv.geometry.camera import PinholeCamera
-from cityenv.geometry.pose import Pose, Trajectory
+from cityenv.geometry.pose import (
+    QUATERNION_PRODUCTS_TO_MATRIX,
+    Pose,
+    Trajectory,
+    poses_to_matrices,
+    quaternion_product_features,
+)
 from cityenv.geometry.splat import coverage
 
 __all__ = [
@@ -47,37 +53,18 @@ DepthProvider = Callable[[int, tuple[int, int]], np.ndarray]
 """``(view_id, (w, h)) -> depth (h, w) float32``: a view's metric z-depth at a given size."""
 
 
-class DepthCache:
-    """A least-recently-used cache of low-resolution depth maps, keyed by ``(view_id, w, h)``.
+class DepthCache(LRUCache[tuple[int, int, int], np.ndarray]):
+    """The least-recently-used cache of low-resolution depth maps, keyed by ``(view_id, w, h)``.
+
+    A :class:`~cityenv.cache.LRUCache` with the retriever's default size (hits and misses are
+    counted there).
 
     Args:
         capacity: Maximum number of depth maps kept (a 64x64 map is 16 KiB).
     """
 
     def __init__(self, capacity: int = 4096) -> None:
-        self.capacity = int(capacity)
-        self._items: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
-
-    def get(self, key: tuple[int, int, int]) -> np.ndarray | None:
-        """The cached map for ``key`` (marking it recently used), or ``None``."""
-        item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
-
-    def put(self, key: tuple[int, int, int], depth: np.ndarray) -> None:
-        """Store a map, evicting the least recently used beyond ``capacity``."""
-        self._items[key] = depth
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        """Drop every cached map."""
-        self._items.clear()
-
-    def __len__(self) -> int:
-        return len(self._items)
+        super().__init__(capacity)
 
 
 @dataclass(frozen=True)
@@ -242,7 +229,8 @@ class Retriever:
         target_width: Width in pixels of the target frame in stage 2 (height keeps the aspect).
         depth_provider: ``(view_id, (w, h)) -> (h, w)`` float32 depth; ``db.load_depth`` if
             ``None`` (benchmarks pass in-memory depths).
-        cache: Depth cache to use (a new one of 4096 entries if ``None``).
+        cache: Depth cache to use (a new :class:`DepthCache` of 4096 entries if ``None``; any
+            :class:`~cityenv.cache.LRUCache` keyed by ``(view_id, w, h)`` works).
     """
 
     def __init__(
@@ -257,7 +245,7 @@ class Retriever:
         depth_size: tuple[int, int] = (64, 64),
         target_width: int = 32,
         depth_provider: DepthProvider | None = None,
-        cache: DepthCache | None = None,
+        cache: LRUCache[tuple[int, int, int], np.ndarray] | None = None,
     ) -> None:
         self.db = db
         self.radius = float(radius)
@@ -280,8 +268,9 @@ class Retriever:
         scale = 1.0 / self.cos_max_angle if self._scaled else 1.0
         self._records = _panorama_records(db.panorama_positions, blocks, scale)
         self._layout = _frame_layout(self.look_distance)
+        # pose matrices and stage-1 rows of a chunk, both linear in its quaternion products
         self._from_quaternions = np.vstack(
-            [_MATRIX_OF_QUATERNION, self._layout.T @ _MATRIX_OF_QUATERNION]
+            [QUATERNION_PRODUCTS_TO_MATRIX, self._layout.T @ QUATERNION_PRODUCTS_TO_MATRIX]
         )
         if self._block is not None:  # flat index into (panoramas, block) -> (row, slot)
             self._row_of, self._slot_of = np.divmod(np.arange(_SLOTS * self._block), self._block)
@@ -346,10 +335,10 @@ class Retriever:
         if isinstance(trajectory, Trajectory):
             # One matmul of the quaternions' products and positions gives the matrices and the
             # stage-1 rows (Trajectory.matrices alone costs several times the whole layout).
-            rows = self._from_quaternions @ _quaternion_features(trajectory)
+            positions = trajectory.positions
+            rows = self._from_quaternions @ quaternion_product_features(trajectory.wxyz, positions)
             n = rows.shape[1]
             matrices = np.ascontiguousarray(rows[:16].T).reshape(n, 4, 4)
-            positions = trajectory.positions
         else:
             matrices = _chunk_matrices(trajectory)
             rows = self._layout.T @ matrices.reshape(-1, 16).T
@@ -399,7 +388,7 @@ class Retriever:
             self.target_width, max(1, round(self.target_width * camera.height / camera.width))
         )
         depths = np.stack([self._depth(int(v)) for v in candidates.view_ids])
-        src_poses = _pose_matrices(
+        src_poses = poses_to_matrices(
             self.db.view_positions(candidates.view_ids), self.db.rotations[candidates.view_ids]
         )
         dst_poses = np.asarray(target_poses)[candidates.frame_index]
@@ -522,16 +511,17 @@ class Retriever:
     def _depth(self, view_id: int) -> np.ndarray:
         """Low-resolution depth of a view, through the cache."""
         w, h = self.depth_size
-        key = (view_id, w, h)
-        depth = self.cache.get(key)
-        if depth is None:
-            depth = np.asarray(self.depth_provider(view_id, (w, h)), dtype=np.float32)
-            if depth.shape != (h, w):
-                raise ShapeMismatchError(
-                    f"depth_provider must return shape (h, w) = ({h}, {w}) for view {view_id}, "
-                    f"got {depth.shape}; resample to the requested (w, h) size."
-                )
-            self.cache.put(key, depth)
+        return self.cache.get_or_create((view_id, w, h), lambda: self._load_depth(view_id))
+
+    def _load_depth(self, view_id: int) -> np.ndarray:
+        """A view's depth ``(h, w)`` float32 from the provider, checked against ``depth_size``."""
+        w, h = self.depth_size
+        depth = np.asarray(self.depth_provider(view_id, (w, h)), dtype=np.float32)
+        if depth.shape != (h, w):
+            raise ShapeMismatchError(
+                f"depth_provider must return shape (h, w) = ({h}, {w}) for view {view_id}, "
+                f"got {depth.shape}; resample to the requested (w, h) size."
+            )
         return depth
 
     def _reference(self, cands: Candidates, scores: np.ndarray, i: int) -> Reference:
@@ -629,46 +619,6 @@ def _frame_layout(look_distance: float) -> np.ndarray:
     return layout
 
 
-def _matrix_of_quaternion() -> np.ndarray:
-    """``(16, 20)``: times the features of :func:`_quaternion_features` (products ``q_a q_b`` of
-    a unit wxyz quaternion, position, 1), the flattened camera-to-world matrix."""
-    w, x, y, z = range(4)
-    entries = {  # matrix entry (i, j) -> {(a, b): coefficient of q_a q_b}
-        (0, 0): {(w, w): 1, (x, x): 1, (y, y): -1, (z, z): -1},
-        (0, 1): {(x, y): 1, (y, x): 1, (w, z): -1, (z, w): -1},
-        (0, 2): {(x, z): 1, (z, x): 1, (w, y): 1, (y, w): 1},
-        (1, 0): {(x, y): 1, (y, x): 1, (w, z): 1, (z, w): 1},
-        (1, 1): {(w, w): 1, (x, x): -1, (y, y): 1, (z, z): -1},
-        (1, 2): {(y, z): 1, (z, y): 1, (w, x): -1, (x, w): -1},
-        (2, 0): {(x, z): 1, (z, x): 1, (w, y): -1, (y, w): -1},
-        (2, 1): {(y, z): 1, (z, y): 1, (w, x): 1, (x, w): 1},
-        (2, 2): {(w, w): 1, (x, x): -1, (y, y): -1, (z, z): 1},
-    }
-    table = np.zeros((16, 20))
-    for (i, j), terms in entries.items():
-        for (a, b), coefficient in terms.items():
-            table[4 * i + j, 4 * a + b] = coefficient
-    for axis in range(3):
-        table[4 * axis + 3, 16 + axis] = 1.0
-    table[15, 19] = 1.0
-    return table
-
-
-_MATRIX_OF_QUATERNION = _matrix_of_quaternion()
-
-
-def _quaternion_features(trajectory: Trajectory) -> np.ndarray:
-    """``(20, L)``: rows ``q_a q_b`` (``4 a + b``, all 16 products), ``x, y, z``, ``1`` (a
-    Trajectory's quaternions are normalised when it is built)."""
-    q = trajectory.rotations.view(np.float64).reshape(-1, 4).T  # (4, L) wxyz, unit
-    n = q.shape[1]
-    features = np.empty((20, n))
-    np.multiply(q[:, None], q[None, :], out=features[:16].reshape(4, 4, n))
-    features[16:19] = trajectory.positions.T
-    features[19] = 1.0
-    return features
-
-
 def _chunk_matrices(trajectory: Trajectory | Sequence[Pose]) -> np.ndarray:
     """Camera-to-world matrices ``(L, 4, 4)`` of a chunk's poses."""
     if isinstance(trajectory, Trajectory):
@@ -680,26 +630,6 @@ def _chunk_matrices(trajectory: Trajectory | Sequence[Pose]) -> np.ndarray:
             "camera poses of the chunk."
         )
     return np.stack([p.matrix for p in poses])
-
-
-def _pose_matrices(positions: np.ndarray, wxyz: np.ndarray) -> np.ndarray:
-    """Camera-to-world matrices ``(n, 4, 4)`` from positions ``(n, 3)`` and wxyz ``(n, 4)``."""
-    q = wxyz.astype(np.float64)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    w, x, y, z = q.T
-    m = np.zeros((q.shape[0], 4, 4))
-    m[:, 0, 0] = 1 - 2 * (y * y + z * z)
-    m[:, 0, 1] = 2 * (x * y - w * z)
-    m[:, 0, 2] = 2 * (x * z + w * y)
-    m[:, 1, 0] = 2 * (x * y + w * z)
-    m[:, 1, 1] = 1 - 2 * (x * x + z * z)
-    m[:, 1, 2] = 2 * (y * z - w * x)
-    m[:, 2, 0] = 2 * (x * z - w * y)
-    m[:, 2, 1] = 2 * (y * z + w * x)
-    m[:, 2, 2] = 1 - 2 * (x * x + y * y)
-    m[:, :3, 3] = positions
-    m[:, 3, 3] = 1.0
-    return m
 
 
 def _nearest_reference(positions: np.ndarray, references: list[Reference]) -> np.ndarray:

@@ -12,7 +12,6 @@ snaps to the street below it.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +20,7 @@ from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import dijkstra
 from scipy.spatial import cKDTree
 
+from cityenv.cache import LRUCache
 from cityenv.citydb.reader import CityDB
 from cityenv.errors import ShapeMismatchError
 
@@ -56,7 +56,7 @@ class RoadGraph:
         self.lengths = np.linalg.norm(p[self.edges[:, 1]] - p[self.edges[:, 0]], axis=1)
         self._matrix = _adjacency(self.edges, self.lengths, len(p))
         self._kdtree = cKDTree(p[:, :2])
-        self._distances: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._distances = LRUCache[int, np.ndarray](_DISTANCE_CACHE)
         self._components: np.ndarray | None = None
 
     # --- construction ---------------------------------------------------------------------------
@@ -198,16 +198,12 @@ class RoadGraph:
         The last few results are cached (the environment asks for one goal per episode).
         """
         node = self._check_node(node)
-        hit = self._distances.get(node)
-        if hit is None:
-            hit = dijkstra(self._matrix, directed=False, indices=node)
-            hit.flags.writeable = False
-            self._distances[node] = hit
-            while len(self._distances) > _DISTANCE_CACHE:
-                self._distances.popitem(last=False)
-        else:
-            self._distances.move_to_end(node)
-        return hit
+        return self._distances.get_or_create(node, lambda: self._dijkstra(node))
+
+    def _dijkstra(self, node: int) -> np.ndarray:
+        distances = dijkstra(self._matrix, directed=False, indices=node)
+        distances.flags.writeable = False  # shared by every caller through the cache
+        return distances
 
     def shortest_path(self, a: int, b: int) -> list[int]:
         """Nodes of a shortest path from ``a`` to ``b``, both included.

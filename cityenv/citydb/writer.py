@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import quaternion
 
 from cityenv.citydb import format as fmt
-from cityenv.errors import CityDBError, CityDBFormatError, ShapeMismatchError
+from cityenv.citydb.format import ViewRecords, to_utc_micros
+from cityenv.errors import CityDBError, CityDBFormatError, ShapeMismatchError, check_name
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.pose import Pose
@@ -33,22 +34,12 @@ try:  # advisory single-writer lock; released by the OS when the process dies
 except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["CityDBWriter", "to_utc_micros"]
+__all__ = ["CityDBWriter", "ViewRecords", "to_utc_micros"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _PART_RE = re.compile(r"^part-\d{5,}\.parquet(\.tmp)?$")
 _PART_NUMBER = re.compile(r"part-(\d+)\.parquet$")
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.bin$")
 _KNOWN_ENTRIES = {fmt.VIEWS_DIR, fmt.PANORAMAS_DIR, fmt.BLOBS_DIR, fmt.LOCK_NAME}
-
-
-def to_utc_micros(time: datetime) -> int:
-    """Microseconds since the Unix epoch of a capture time (naive datetimes are taken as UTC)."""
-    if not isinstance(time, datetime):
-        raise TypeError(f"capture_time must be a datetime, got {type(time).__name__}.")
-    aware = time.replace(tzinfo=timezone.utc) if time.tzinfo is None else time
-    delta = aware.astimezone(timezone.utc) - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _as_pose(pose: Pose | np.ndarray) -> Pose:
@@ -110,10 +101,8 @@ class CityDBWriter:
         commit_every: int = 100,
         max_shard_bytes: int = 2**31,
     ) -> None:
-        if image_format not in (None, *fmt.IMAGE_FORMATS):
-            raise CityDBError(
-                f"image_format must be one of {fmt.IMAGE_FORMATS}, got {image_format!r}."
-            )
+        if image_format is not None:
+            check_name("image_format", image_format, fmt.IMAGE_FORMATS, error=CityDBError)
         if commit_every < 1 or max_shard_bytes < 1:
             raise CityDBError(
                 f"commit_every and max_shard_bytes must be >= 1, got {commit_every} and "
@@ -369,11 +358,43 @@ class CityDBWriter:
             self.commit()
         return ids
 
+    def append_views(self, records: ViewRecords) -> range:
+        """Commit the index rows of a block of panoramas as one part, with no images.
+
+        The typed path for index-only databases (benchmarks, tests, imports of external
+        indices): the writer numbers the rows after :attr:`num_views` / :attr:`num_panoramas`,
+        registers the cameras and builds the :data:`~cityenv.citydb.format.VIEW_SCHEMA` and
+        :data:`~cityenv.citydb.format.PANORAMA_SCHEMA` rows
+        (:func:`~cityenv.citydb.format.index_tables`). Pending rows are committed first.
+
+        Args:
+            records: The panoramas and views, validated typed arrays.
+
+        Returns:
+            The new view ids, in the order of ``records``' views.
+
+        Raises:
+            CityDBError: If the writer is closed.
+        """
+        self._check_open()
+        self.commit()
+        first = self.num_views
+        views, panoramas = fmt.index_tables(
+            records,
+            first_view_id=first,
+            first_panorama_index=self.num_panoramas,
+            camera_index=[self.register_camera(c) for c in records.cameras],
+            frame=self.frame,
+        )
+        at_panorama = records.view_positions is None or _views_at_panorama(views, panoramas)
+        self._write_part(views, panoramas, at_panorama)
+        return range(first, first + records.num_views)
+
     def append_index(self, views: pa.Table, panoramas: pa.Table) -> None:
         """Commit prebuilt view and panorama tables as one part, with no images (index only).
 
-        The low-level path for index-only databases (benchmarks, imports of external indices):
-        rows must follow :data:`~cityenv.citydb.format.VIEW_SCHEMA` and
+        The low-level path under :meth:`append_views`, for tables built elsewhere: rows must
+        follow :data:`~cityenv.citydb.format.VIEW_SCHEMA` and
         :data:`~cityenv.citydb.format.PANORAMA_SCHEMA`, continue the view ids and panorama
         indices, and use ``camera_index`` values from :meth:`register_camera`. Blob lengths of 0
         mean "no image"/"no depth". Pending rows are committed first.

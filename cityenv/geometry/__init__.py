@@ -24,7 +24,16 @@ if TYPE_CHECKING:
         yaw_to_heading,
     )
     from cityenv.geometry.panorama import PinholeView, equirect_to_pinholes, view_rotation
-    from cityenv.geometry.pose import Pose, Trajectory
+    from cityenv.geometry.pose import (
+        QUATERNION_PRODUCTS_TO_MATRIX,
+        Pose,
+        Trajectory,
+        heading_quaternions,
+        poses_to_matrices,
+        quaternion_product_features,
+        quaternions_to_matrices,
+        rotation_matrix_column,
+    )
     from cityenv.geometry.rays import plucker_rays
     from cityenv.geometry.splat import coverage, forward_splat, unproject
 
@@ -40,12 +49,19 @@ _HOMES = {
     "view_rotation": "panorama",
     "Pose": "pose",
     "Trajectory": "pose",
+    "QUATERNION_PRODUCTS_TO_MATRIX": "pose",
+    "heading_quaternions": "pose",
+    "poses_to_matrices": "pose",
+    "quaternion_product_features": "pose",
+    "quaternions_to_matrices": "pose",
+    "rotation_matrix_column": "pose",
     "plucker_rays": "rays",
     "coverage": "splat",
     "forward_splat": "splat",
     "unproject": "splat",
 }
 __all__ = [
+    "QUATERNION_PRODUCTS_TO_MATRIX",
     "LocalFrame",
     "PinholeCamera",
     "PinholeView",
@@ -56,8 +72,13 @@ __all__ = [
     "equirect_to_pinholes",
     "forward_splat",
     "geodetic_to_ecef",
+    "heading_quaternions",
     "heading_to_yaw",
     "plucker_rays",
+    "poses_to_matrices",
+    "quaternion_product_features",
+    "quaternions_to_matrices",
+    "rotation_matrix_column",
     "unproject",
     "view_rotation",
     "yaw_to_heading",

@@ -194,6 +194,44 @@ class PinholeCamera:
         rays[..., 1] = y[:, None]
         return rays
 
+    def unproject_pixels(self, cols: ArrayLike, rows: ArrayLike, depth: ArrayLike) -> np.ndarray:
+        """Camera-frame points at integer pixels with their z-depth (inverse of :meth:`project`).
+
+        Pixel ``(u, v)`` is taken at its centre ``(u + 0.5, v + 0.5)``; a point at z-depth ``z``
+        is ``((u + 0.5 - cx) / fx * z, (v + 0.5 - cy) / fy * z, z)``. Depth 0 ("none") gives the
+        camera centre: mask with ``depth > 0``. For a whole depth map (and world points), use
+        :func:`cityenv.geometry.splat.unproject`.
+
+        Args:
+            cols: Pixel columns ``u``, any shape broadcasting with ``rows`` and ``depth``.
+            rows: Pixel rows ``v``.
+            depth: Metric z-depth at those pixels, metres.
+
+        Returns:
+            Points in the camera frame (OpenCV, metres), shape ``(..., 3)`` float64, ``...`` the
+            broadcast shape of the three inputs.
+
+        Raises:
+            ShapeMismatchError: If the three inputs do not broadcast together.
+
+        Example::
+
+            v, u = np.mgrid[rows, cols]           # a window of the depth map
+            z = depth[rows, cols]
+            points = camera.unproject_pixels(u, v, z)[z > 0]  # (N, 3)
+        """
+        u, v, z = (np.asarray(a, dtype=np.float64) for a in (cols, rows, depth))
+        try:
+            u, v, z = np.broadcast_arrays(u, v, z)
+        except ValueError as exc:
+            raise ShapeMismatchError(
+                f"cols, rows and depth must broadcast to one shape, got shapes {u.shape}, "
+                f"{v.shape} and {z.shape}; pass one column, row and depth per pixel."
+            ) from exc
+        return np.stack(
+            [(u + 0.5 - self.cx) / self.fx * z, (v + 0.5 - self.cy) / self.fy * z, z], axis=-1
+        )
+
     def project(self, points_cam: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Project camera-frame points to continuous pixel coordinates.
 

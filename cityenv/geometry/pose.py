@@ -19,7 +19,16 @@ from numpy.typing import ArrayLike
 
 from cityenv.errors import InvalidPoseError, ShapeMismatchError
 
-__all__ = ["Pose", "Trajectory"]
+__all__ = [
+    "QUATERNION_PRODUCTS_TO_MATRIX",
+    "Pose",
+    "Trajectory",
+    "poses_to_matrices",
+    "heading_quaternions",
+    "quaternion_product_features",
+    "quaternions_to_matrices",
+    "rotation_matrix_column",
+]
 
 # Camera axes for heading 0, pitch 0, roll 0, as columns in ENU: camera x (right) = east,
 # camera y (down) = -up, camera z (optical axis) = north.
@@ -454,6 +463,12 @@ class Trajectory:
         return m
 
     @property
+    def wxyz(self) -> np.ndarray:
+        """The rotations as unit quaternion components, shape ``(N, 4)`` float64 ``(w, x, y, z)``
+        (a read-only view, no copy)."""
+        return self.rotations.view(np.float64).reshape(-1, 4)
+
+    @property
     def duration(self) -> float:
         """Time from the first to the last pose, seconds."""
         return float(self.timestamps[-1] - self.timestamps[0])
@@ -534,3 +549,249 @@ def _check_fps(fps: float) -> float:
             f"fps must be a positive finite frame rate, got {fps!r}; pass frames per second."
         )
     return value
+
+
+# --- batched conversions ----------------------------------------------------------------------
+def _as_wxyz(wxyz: ArrayLike, name: str) -> np.ndarray:
+    """``wxyz`` (numpy-quaternions ``(...,)`` or floats ``(..., 4)``) as float64 ``(..., 4)``."""
+    arr = np.asarray(wxyz)
+    if arr.dtype == np.quaternion:
+        arr = quaternion.as_float_array(arr)
+    if arr.ndim == 0 or arr.shape[-1] != 4:
+        raise ShapeMismatchError(
+            f"{name} must have shape (..., 4) ordered (w, x, y, z) (or be a numpy-quaternion "
+            f"array), got shape {arr.shape}; put the quaternion components on the last axis."
+        )
+    return arr.astype(np.float64, copy=False)
+
+
+def quaternions_to_matrices(wxyz: ArrayLike) -> np.ndarray:
+    """Rotation matrices of a batch of quaternions.
+
+    Args:
+        wxyz: Quaternions, shape ``(..., 4)`` ordered ``(w, x, y, z)`` (or a numpy-quaternion array
+            ``(...,)``); any non-zero norm, they are normalised first.
+
+    Returns:
+        Shape ``(..., 3, 3)`` float64. For camera-to-world rotations the columns are the camera
+        axes (x right, y down, z forward) in the world; equals ``quaternion.as_rotation_matrix``.
+
+    Raises:
+        ShapeMismatchError: If the last axis does not hold 4 components.
+        InvalidPoseError: If a quaternion is zero or holds NaN/inf.
+
+    Example::
+
+        quaternions_to_matrices([[1, 0, 0, 0]])  # (1, 3, 3) identity
+    """
+    q = _normalised(_as_wxyz(wxyz, "wxyz"), "wxyz")
+    return _fill_rotations(q, np.empty((*q.shape[:-1], 3, 3)))
+
+
+def _fill_rotations(q: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Write the rotation matrices of unit quaternions ``q`` ``(..., 4)`` into ``m[..., :3, :3]``.
+
+    Returns ``m`` (filled in place, so a ``(..., 4, 4)`` pose array needs no second copy).
+    """
+    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    m[..., 0, 0] = 1.0 - 2.0 * (y * y + z * z)
+    m[..., 0, 1] = 2.0 * (x * y - w * z)
+    m[..., 0, 2] = 2.0 * (x * z + w * y)
+    m[..., 1, 0] = 2.0 * (x * y + w * z)
+    m[..., 1, 1] = 1.0 - 2.0 * (x * x + z * z)
+    m[..., 1, 2] = 2.0 * (y * z - w * x)
+    m[..., 2, 0] = 2.0 * (x * z - w * y)
+    m[..., 2, 1] = 2.0 * (y * z + w * x)
+    m[..., 2, 2] = 1.0 - 2.0 * (x * x + y * y)
+    return m
+
+
+def poses_to_matrices(positions: ArrayLike, wxyz: ArrayLike) -> np.ndarray:
+    """Camera-to-world homogeneous transforms of a batch of poses.
+
+    Args:
+        positions: Camera centres, shape ``(..., 3)`` metres (ENU).
+        wxyz: Camera-to-world rotations, shape ``(..., 4)`` ordered ``(w, x, y, z)`` with the
+            same leading shape (normalised first, as in :func:`quaternions_to_matrices`).
+
+    Returns:
+        Shape ``(..., 4, 4)`` float64; pose ``i`` equals ``Pose(positions[i], wxyz[i]).matrix``.
+
+    Raises:
+        ShapeMismatchError: If the shapes are not ``(..., 3)`` and ``(..., 4)`` with one leading
+            shape.
+        InvalidPoseError: If a quaternion is zero or a value is NaN/inf.
+    """
+    p = np.asarray(positions, dtype=np.float64)
+    q = _as_wxyz(wxyz, "wxyz")
+    if p.shape != q.shape[:-1] + (3,):
+        raise ShapeMismatchError(
+            f"positions must have shape {q.shape[:-1] + (3,)} to match wxyz of shape {q.shape}, "
+            f"got shape {p.shape}; pass one xyz position per quaternion."
+        )
+    if not np.all(np.isfinite(p)):
+        raise InvalidPoseError(
+            "positions must be finite, got NaN/inf; check the source of the poses."
+        )
+    m = np.zeros((*p.shape[:-1], 4, 4))
+    _fill_rotations(_normalised(q, "wxyz"), m)
+    m[..., :3, 3] = p
+    m[..., 3, 3] = 1.0
+    return m
+
+
+def rotation_matrix_column(wxyz: np.ndarray, column: int) -> np.ndarray:
+    """One column of the rotation matrices of unit quaternions, without building the matrices.
+
+    For camera-to-world rotations, column ``c`` is the world direction of camera axis ``c``
+    (0 right, 1 down, 2 the optical axis). Meant for bulk use (every view of a database), so the
+    quaternions are taken as unit (they come normalised from a :class:`Pose` or a CityDB) and the
+    float dtype is kept: float32 in, float32 out.
+
+    Args:
+        wxyz: Unit quaternions, shape ``(..., 4)`` ordered ``(w, x, y, z)``, float (a transposed
+            component-major ``(4, N)`` array works without a copy).
+        column: 0, 1 or 2.
+
+    Returns:
+        Shape ``(..., 3)``, the dtype of ``wxyz`` (float64 for integer input).
+
+    Raises:
+        ShapeMismatchError: If the last axis does not hold 4 components.
+        ValueError: If ``column`` is not 0, 1 or 2.
+    """
+    q = np.asarray(wxyz)
+    if q.ndim == 0 or q.shape[-1] != 4:
+        raise ShapeMismatchError(
+            f"wxyz must have shape (..., 4) ordered (w, x, y, z), got shape {q.shape}; put the "
+            "quaternion components on the last axis."
+        )
+    if column not in (0, 1, 2):
+        raise ValueError(f"column must be 0, 1 or 2 (camera x, y, z), got {column!r}.")
+    if not np.issubdtype(q.dtype, np.floating):
+        q = q.astype(np.float64)
+    w, x, y, z = np.moveaxis(q, -1, 0)
+    out = np.empty((*q.shape[:-1], 3), dtype=q.dtype)
+    if column == 0:
+        out[..., 0] = 1.0 - 2.0 * (y * y + z * z)
+        out[..., 1] = 2.0 * (x * y + w * z)
+        out[..., 2] = 2.0 * (x * z - w * y)
+    elif column == 1:
+        out[..., 0] = 2.0 * (x * y - w * z)
+        out[..., 1] = 1.0 - 2.0 * (x * x + z * z)
+        out[..., 2] = 2.0 * (y * z + w * x)
+    else:
+        out[..., 0] = 2.0 * (x * z + w * y)
+        out[..., 1] = 2.0 * (y * z - w * x)
+        out[..., 2] = 1.0 - 2.0 * (x * x + y * y)
+    return out
+
+
+_LEVEL_NORTH_WXYZ = quaternion.as_float_array(Pose.from_heading(np.zeros(3), 0.0).rotation)
+
+
+def heading_quaternions(heading_deg: ArrayLike) -> np.ndarray:
+    """Camera-to-world rotations of level cameras (pitch 0, roll 0) along compass headings.
+
+    Row ``i`` is the rotation of ``Pose.from_heading(p, heading_deg[i])``, in closed form: the
+    heading-0 rotation (optical axis north) turned by ``-heading`` about world up (a compass
+    heading is clockwise, a rotation about up counter-clockwise).
+
+    Args:
+        heading_deg: Compass headings, degrees clockwise from north, shape ``(N,)``.
+
+    Returns:
+        Unit quaternions, shape ``(N, 4)`` float64 ``(w, x, y, z)``.
+
+    Raises:
+        InvalidPoseError: If a heading is not finite.
+    """
+    heading = np.asarray(heading_deg, dtype=np.float64)
+    if not np.all(np.isfinite(heading)):
+        raise InvalidPoseError(
+            "heading_deg must be finite degrees, got NaN/inf; check the source of the headings."
+        )
+    b = _LEVEL_NORTH_WXYZ
+    half = -np.radians(heading) / 2.0
+    cw, cz = np.cos(half), np.sin(half)  # the turn about up: (cos, 0, 0, sin)
+    return np.stack(  # Hamilton product turn * base
+        [
+            cw * b[0] - cz * b[3],
+            cw * b[1] - cz * b[2],
+            cw * b[2] + cz * b[1],
+            cw * b[3] + cz * b[0],
+        ],
+        axis=-1,
+    )
+
+
+def _quaternion_products_to_matrix() -> np.ndarray:
+    """Build :data:`QUATERNION_PRODUCTS_TO_MATRIX` from the rotation-matrix formula."""
+    w, x, y, z = range(4)
+    entries = {  # matrix entry (i, j) -> {(a, b): coefficient of q_a q_b}
+        # the diagonal uses w^2 + x^2 + y^2 + z^2 = 1: 1 - 2(y^2 + z^2) = w^2 + x^2 - y^2 - z^2
+        (0, 0): {(w, w): 1, (x, x): 1, (y, y): -1, (z, z): -1},
+        (0, 1): {(x, y): 1, (y, x): 1, (w, z): -1, (z, w): -1},
+        (0, 2): {(x, z): 1, (z, x): 1, (w, y): 1, (y, w): 1},
+        (1, 0): {(x, y): 1, (y, x): 1, (w, z): 1, (z, w): 1},
+        (1, 1): {(w, w): 1, (x, x): -1, (y, y): 1, (z, z): -1},
+        (1, 2): {(y, z): 1, (z, y): 1, (w, x): -1, (x, w): -1},
+        (2, 0): {(x, z): 1, (z, x): 1, (w, y): -1, (y, w): -1},
+        (2, 1): {(y, z): 1, (z, y): 1, (w, x): 1, (x, w): 1},
+        (2, 2): {(w, w): 1, (x, x): -1, (y, y): -1, (z, z): 1},
+    }
+    table = np.zeros((16, 20))
+    for (i, j), terms in entries.items():
+        for (a, b), coefficient in terms.items():
+            table[4 * i + j, 4 * a + b] = coefficient
+    for axis in range(3):
+        table[4 * axis + 3, 16 + axis] = 1.0  # translation column <- position
+    table[15, 19] = 1.0  # homogeneous 1 <- the constant feature
+    return _readonly(table)
+
+
+QUATERNION_PRODUCTS_TO_MATRIX = _quaternion_products_to_matrix()
+"""``(16, 20)`` read-only: times :func:`quaternion_product_features` ``(20, N)``, the flattened
+(row-major, entry ``(i, j)`` at row ``4 i + j``) camera-to-world ``4 x 4`` matrices ``(16, N)``.
+
+For a unit quaternion every rotation-matrix entry is a linear combination of the 16 products
+``q_a q_b``, and the pose matrix is linear in those, the position and 1. So any linear map of the
+flattened matrices, ``A (k, 16)``, folds into one constant ``A @ QUATERNION_PRODUCTS_TO_MATRIX``
+and a batch of poses goes to matrices and to linear functions of them in one matmul (retrieval's
+stage 1 lays out a chunk this way)."""
+
+
+def quaternion_product_features(wxyz: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The features that :data:`QUATERNION_PRODUCTS_TO_MATRIX` maps to pose matrices.
+
+    Runs once per retrieval query on a few dozen poses, so it does no normalisation and no value
+    check: pass unit quaternions (a :class:`Trajectory`'s ``wxyz`` are).
+
+    Args:
+        wxyz: Unit camera-to-world quaternions, shape ``(N, 4)`` float64 ``(w, x, y, z)``.
+        positions: Camera centres, shape ``(N, 3)`` float64.
+
+    Returns:
+        Shape ``(20, N)`` float64: rows ``4 a + b`` hold ``q_a q_b`` (all 16 ordered products of
+        ``w, x, y, z``), rows 16-18 ``x, y, z`` of the position, row 19 ones.
+
+    Raises:
+        ShapeMismatchError: If the shapes are not ``(N, 4)`` and ``(N, 3)``.
+
+    Example::
+
+        flat = QUATERNION_PRODUCTS_TO_MATRIX @ quaternion_product_features(t.wxyz, t.positions)
+        matrices = flat.T.reshape(-1, 4, 4)  # == t.matrices
+    """
+    n = wxyz.shape[0]
+    if wxyz.shape != (n, 4) or positions.shape != (n, 3):
+        raise ShapeMismatchError(
+            f"wxyz and positions must have shapes (N, 4) and (N, 3), got {wxyz.shape} and "
+            f"{positions.shape}; pass one unit quaternion and one position per pose."
+        )
+    q = wxyz.T  # (4, N) rows w, x, y, z
+    features = np.empty((20, n))
+    np.multiply(q[:, None], q[None, :], out=features[:16].reshape(4, 4, n))
+    features[16:19] = positions.T
+    features[19] = 1.0
+    return features

@@ -11,11 +11,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import quaternion
 
-from cityenv.citydb import format as fmt
+from cityenv.citydb.format import ViewRecords, to_utc_micros
 from cityenv.citydb.writer import CityDBWriter
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
@@ -70,85 +69,35 @@ def yaw_wxyz(heading_deg: np.ndarray) -> np.ndarray:
     return quaternion.as_float_array(turn * base)
 
 
-def index_tables(
-    first_view: int,
-    first_panorama: int,
+def view_records(
     panorama_positions: np.ndarray,
     view_panorama: np.ndarray,
     view_headings: np.ndarray,
-    camera_index: int,
     camera: PinholeCamera,
     traversals: list[str] | None = None,
     times_us: np.ndarray | None = None,
-) -> tuple[pa.Table, pa.Table]:
-    """Index-only view/panorama tables (no blobs).
+) -> ViewRecords:
+    """Index-only rows (no blobs): panorama ``i`` is ``"p<i>"``, every view at its panorama.
 
     Args:
-        first_view: Id of the first view row.
-        first_panorama: Index of the first panorama row.
         panorama_positions: ``(P, 3)`` ENU positions.
-        view_panorama: ``(V,)`` local panorama index (0..P-1) of each view (any order).
+        view_panorama: ``(V,)`` panorama row (0..P-1) of each view (any order).
         view_headings: ``(V,)`` compass headings of the views.
-        camera_index: From ``writer.register_camera(camera)``.
         camera: The views' intrinsics.
         traversals: ``P`` traversal ids (default ``"t0"``).
         times_us: ``(P,)`` capture times in microseconds (default ``T0``).
     """
-    count, views = panorama_positions.shape[0], view_panorama.shape[0]
-    traversals = traversals or ["t0"] * count
-    if times_us is None:
-        times_us = np.full(count, int(T0.timestamp() * 1_000_000), np.int64)
-    stamp = pa.array(np.asarray(times_us, np.int64)).cast(pa.timestamp("us", tz="UTC"))
-    lat, lon, height = FRAME.enu_to_geodetic(panorama_positions)
-    pano_index = np.arange(first_panorama, first_panorama + count, dtype=np.int32)
-    panoramas = pa.table(
-        {
-            "panorama_index": pano_index,
-            "panorama_id": [f"p{i}" for i in pano_index],
-            "traversal_id": traversals,
-            "capture_time": stamp,
-            "lat": np.atleast_1d(lat),
-            "lon": np.atleast_1d(lon),
-            "height": np.atleast_1d(height),
-            "x": panorama_positions[:, 0],
-            "y": panorama_positions[:, 1],
-            "z": panorama_positions[:, 2],
-        }
+    count = panorama_positions.shape[0]
+    return ViewRecords(
+        panorama_ids=[f"p{i}" for i in range(count)],
+        traversal_ids=traversals or ["t0"] * count,
+        capture_times=np.full(count, to_utc_micros(T0)) if times_us is None else times_us,
+        panorama_positions=panorama_positions,
+        view_panorama=view_panorama,
+        wxyz=yaw_wxyz(view_headings),
+        cameras=camera,
+        source="index",
     )
-    q = yaw_wxyz(view_headings) if views else np.zeros((0, 4))
-    pos = panorama_positions[view_panorama]
-    order = np.argsort(view_panorama, kind="stable")
-    starts = np.searchsorted(view_panorama[order], view_panorama[order])
-    view_index = np.empty(views, np.int16)
-    view_index[order] = np.arange(views) - starts  # position of each view within its panorama
-    columns = {
-        "view_id": np.arange(first_view, first_view + views, dtype=np.int64),
-        "panorama_index": pano_index[view_panorama],
-        "view_index": view_index,
-        "panorama_id": [f"p{pano_index[p]}" for p in view_panorama],
-        "traversal_id": [traversals[p] for p in view_panorama],
-        "capture_time": stamp.take(pa.array(view_panorama, pa.int64())),
-        "lat": np.atleast_1d(lat)[view_panorama],
-        "lon": np.atleast_1d(lon)[view_panorama],
-        "height": np.atleast_1d(height)[view_panorama],
-        "x": pos[:, 0],
-        "y": pos[:, 1],
-        "z": pos[:, 2],
-        "qw": q[:, 0],
-        "qx": q[:, 1],
-        "qy": q[:, 2],
-        "qz": q[:, 3],
-        "camera_index": np.full(views, camera_index, np.int32),
-        "image_width": np.full(views, camera.width, np.int32),
-        "image_height": np.full(views, camera.height, np.int32),
-        "fx": np.full(views, camera.fx),
-        "fy": np.full(views, camera.fy),
-        "cx": np.full(views, camera.cx),
-        "cy": np.full(views, camera.cy),
-        "source": ["index"] * views,
-        **{name: np.zeros(views, np.int64) for name in fmt.BLOB_COLUMNS},
-    }
-    return pa.table(columns), panoramas
 
 
 def build_index_db(
@@ -160,22 +109,12 @@ def build_index_db(
     traversals: list[str] | None = None,
     times_us: np.ndarray | None = None,
 ) -> Path:
-    """Write an index-only database in one part through ``CityDBWriter.append_index``."""
+    """Write an index-only database in one part through ``CityDBWriter.append_views``."""
+    records = view_records(
+        panorama_positions, view_panorama, view_headings, camera, traversals, times_us
+    )
     with CityDBWriter(path, city="test", frame=FRAME) as writer:
-        cam = writer.register_camera(camera)
-        writer.append_index(
-            *index_tables(
-                0,
-                0,
-                panorama_positions,
-                view_panorama,
-                view_headings,
-                cam,
-                camera,
-                traversals,
-                times_us,
-            )
-        )
+        writer.append_views(records)
     return path
 
 
@@ -210,7 +149,7 @@ def tools() -> SimpleNamespace:
         random_view=random_view,
         add_random_panorama=add_random_panorama,
         yaw_wxyz=yaw_wxyz,
-        index_tables=index_tables,
+        view_records=view_records,
         build_index_db=build_index_db,
         eight_view_layout=eight_view_layout,
         hours=hours,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import quaternion
 
+from cityenv.cache import LRUCache
 from cityenv.citydb.reader import CityDB
 from cityenv.citydb.retrieval import Candidates, ChunkQuery, DepthCache, Retriever
 from cityenv.citydb.writer import CityDBWriter
@@ -273,6 +274,7 @@ def test_depth_cache_and_provider_checks(tools, tmp_path):
     retriever.retrieve(target, TARGET)
     retriever.retrieve(target, TARGET)
     assert calls == [(0, (32, 16))] and len(cache) == 1
+    assert isinstance(cache, LRUCache) and (cache.hits, cache.misses) == (1, 1)
     bad = Retriever(db, depth_provider=lambda v, s: np.zeros((3, 3), np.float32))
     with pytest.raises(ShapeMismatchError, match=r"depth_provider must return shape.*\(64, 64\)"):
         bad.retrieve(target, TARGET)

@@ -423,4 +423,6 @@ def test_compact_merges_parts_and_appends_continue(tools, tmp_path, frame, camer
     ]
     assert [db.load_image(v).tobytes() for v in range(40)] == [im.tobytes() for im in images]
     assert db.metadata(40).panorama_id == "p5" and db.metadata(17).panorama_id == "p2"
+    assert db.metadata(16).panorama_id == "p2"  # view 17's row group, kept in the LRU cache
+    assert (db._row_groups.hits, db._row_groups.misses) == (1, 2)
     np.testing.assert_array_equal(db.panorama_positions[:, 0], np.arange(6))

@@ -51,6 +51,17 @@ def test_shortest_path_and_length():
     assert g.distances_from(20)[0] == pytest.approx(200.0)
 
 
+def test_distances_from_is_cached_per_goal_and_read_only():
+    g = l_shape()
+    first = g.distances_from(20)
+    assert g.distances_from(20) is first and not first.flags.writeable
+    for node in range(9):  # eight more goals push the first out of the 8-entry cache
+        g.distances_from(node)
+    again = g.distances_from(20)
+    assert again is not first
+    np.testing.assert_array_equal(again, first)
+
+
 def test_distance_to_goal_is_continuous_along_the_street():
     g = l_shape()
     for x in np.linspace(0.0, 100.0, 41):  # between nodes too: no jump at the midpoints

@@ -110,3 +110,28 @@ def test_from_fov_rejects_impossible_fields_of_view(fov):
 def test_camera_is_frozen(camera):
     with pytest.raises(dataclasses.FrozenInstanceError):
         camera.fx = 1.0  # type: ignore[misc]
+
+
+# --- unproject_pixels: the inverse of project at pixel centres ---------------------------------
+def test_unproject_pixels_matches_hand_computation(camera):
+    # pixel (u=59, v=39) has its centre at (59.5, 39.5): x = (59.5 - 50) / 100 * 4, y = -0.5/120*4
+    points = camera.unproject_pixels(59, 39, 4.0)
+    np.testing.assert_allclose(points, [0.38, -1.0 / 60.0, 4.0], atol=1e-12)
+
+
+def test_unproject_pixels_of_a_window_inverts_project(camera):
+    v, u = np.mgrid[70:80, 40:61]
+    z = np.random.default_rng(0).uniform(0.5, 50.0, u.shape)
+    z[0, 0] = 0.0  # no depth: the camera centre, which callers mask out
+    points = camera.unproject_pixels(u, v, z)
+    assert points.shape == (10, 21, 3)
+    np.testing.assert_array_equal(points[0, 0], [0.0, 0.0, 0.0])
+    uv, depth = camera.project(points[z > 0])
+    np.testing.assert_allclose(uv, np.stack([u, v], -1)[z > 0] + 0.5, atol=1e-9)
+    np.testing.assert_allclose(depth, z[z > 0], rtol=1e-12)
+    np.testing.assert_allclose(points, camera.pixel_rays()[70:80, 40:61] * z[..., None])
+
+
+def test_unproject_pixels_rejects_shapes_that_do_not_broadcast(camera):
+    with pytest.raises(ShapeMismatchError, match=r"must broadcast to one shape, got shapes \(3,\)"):
+        camera.unproject_pixels(np.arange(3), np.arange(4), 1.0)

@@ -9,7 +9,16 @@ import pytest
 import quaternion
 
 from cityenv.errors import InvalidPoseError, ShapeMismatchError
-from cityenv.geometry.pose import Pose, Trajectory
+from cityenv.geometry.pose import (
+    QUATERNION_PRODUCTS_TO_MATRIX,
+    Pose,
+    Trajectory,
+    heading_quaternions,
+    poses_to_matrices,
+    quaternion_product_features,
+    quaternions_to_matrices,
+    rotation_matrix_column,
+)
 
 EAST, NORTH, UP = np.eye(3)
 S30, C30 = 0.5, math.sqrt(3.0) / 2.0
@@ -286,3 +295,121 @@ def test_trajectory_bad_input_raises():
         Trajectory(np.zeros((2, 3)), rotations[:1], [0.0, 1.0])
     with pytest.raises(InvalidPoseError, match=r"positions must have shape \(N, 3\) with N >= 1"):
         Trajectory(np.zeros((0, 3)), rotations[:0], [])
+
+
+# --- batched conversions ------------------------------------------------------------------------
+H = math.sqrt(0.5)
+# hand-computed: a 90-degree turn about world up (yaw), a heading-0 camera, heading 90 camera
+YAW_90 = ([H, 0.0, 0.0, H], np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+HEADING_0 = ([-H, H, 0.0, 0.0], np.column_stack([EAST, -UP, NORTH]))
+HEADING_90 = ([-0.5, 0.5, -0.5, 0.5], np.column_stack([-NORTH, -UP, EAST]))
+
+
+def _unit_quaternions(rng: np.random.Generator, n: int) -> np.ndarray:
+    q = rng.normal(size=(n, 4))
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def test_quaternions_to_matrices_matches_hand_computed_rotations():
+    wxyz = np.array([YAW_90[0], HEADING_0[0], HEADING_90[0], [1.0, 0.0, 0.0, 0.0]])
+    expected = np.stack([YAW_90[1], HEADING_0[1], HEADING_90[1], np.eye(3)])
+    np.testing.assert_allclose(quaternions_to_matrices(wxyz), expected, atol=1e-15)
+    # a scaled quaternion is the same rotation (normalised first), q and -q too
+    np.testing.assert_allclose(quaternions_to_matrices([0.0, 0.0, 0.0, -3.0]), np.diag([-1, -1, 1]))
+
+
+def test_quaternions_to_matrices_matches_numpy_quaternion_on_random_rotations():
+    q = np.random.default_rng(0).normal(size=(5, 7, 4))  # any leading shape, any norm
+    expected = quaternion.as_rotation_matrix(quaternion.from_float_array(q))
+    np.testing.assert_allclose(quaternions_to_matrices(q), expected, atol=1e-14)
+    as_quaternions = quaternion.from_float_array(q)
+    np.testing.assert_allclose(quaternions_to_matrices(as_quaternions), expected, atol=1e-14)
+
+
+def test_quaternions_to_matrices_rejects_bad_input():
+    with pytest.raises(ShapeMismatchError, match=r"shape \(\.\.\., 4\).*got shape \(2, 3\)"):
+        quaternions_to_matrices(np.ones((2, 3)))
+    with pytest.raises(InvalidPoseError, match="non-zero quaternion"):
+        quaternions_to_matrices(np.zeros((1, 4)))
+    with pytest.raises(InvalidPoseError, match="must be finite"):
+        quaternions_to_matrices([[np.nan, 0.0, 0.0, 1.0]])
+
+
+def test_poses_to_matrices_equals_pose_matrix():
+    rng = np.random.default_rng(1)
+    positions, wxyz = rng.normal(size=(6, 3)) * 20.0, rng.normal(size=(6, 4))
+    matrices = poses_to_matrices(positions, wxyz)
+    assert matrices.shape == (6, 4, 4)
+    for m, p, q in zip(matrices, positions, wxyz, strict=True):
+        np.testing.assert_allclose(m, Pose(p, q).matrix, atol=1e-14)
+    yaw = poses_to_matrices([[1.0, 2.0, 3.0]], [YAW_90[0]])[0]
+    np.testing.assert_allclose(yaw @ [1.0, 0.0, 0.0, 1.0], [1.0, 3.0, 3.0, 1.0], atol=1e-15)
+
+
+def test_poses_to_matrices_rejects_mismatched_batches():
+    with pytest.raises(ShapeMismatchError, match=r"positions must have shape \(2, 3\).*got shape"):
+        poses_to_matrices(np.zeros((3, 3)), np.ones((2, 4)))
+    with pytest.raises(InvalidPoseError, match="positions must be finite"):
+        poses_to_matrices([[np.inf, 0.0, 0.0]], [[1.0, 0.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("column", [0, 1, 2])
+def test_rotation_matrix_column_is_that_column_and_keeps_float32(column):
+    q = _unit_quaternions(np.random.default_rng(2), 50)
+    expected = quaternion.as_rotation_matrix(quaternion.from_float_array(q))[:, :, column]
+    np.testing.assert_allclose(rotation_matrix_column(q, column), expected, atol=1e-14)
+    single = rotation_matrix_column(q.astype(np.float32).T.copy().T, column)  # a (4, N) view
+    assert single.dtype == np.float32
+    np.testing.assert_allclose(single, expected, atol=1e-6)
+    # hand-computed: the optical axis of a heading-90 camera is east
+    np.testing.assert_allclose(rotation_matrix_column(HEADING_90[0], 2), EAST, atol=1e-15)
+
+
+def test_rotation_matrix_column_rejects_bad_input():
+    with pytest.raises(ValueError, match="column must be 0, 1 or 2"):
+        rotation_matrix_column(np.array([1.0, 0, 0, 0]), 3)
+    with pytest.raises(ShapeMismatchError, match=r"got shape \(3,\)"):
+        rotation_matrix_column(np.zeros(3), 0)
+
+
+def test_quaternion_product_features_give_pose_matrices_linearly():
+    rng = np.random.default_rng(3)
+    q, positions = _unit_quaternions(rng, 40), rng.normal(size=(40, 3))
+    features = quaternion_product_features(q, positions)
+    assert features.shape == (20, 40)
+    flat = QUATERNION_PRODUCTS_TO_MATRIX @ features  # (16, N) row-major 4x4 matrices
+    matrices = flat.T.reshape(-1, 4, 4)
+    rotations = quaternion.as_rotation_matrix(quaternion.from_float_array(q))
+    np.testing.assert_allclose(matrices[:, :3, :3], rotations, atol=1e-14)
+    np.testing.assert_array_equal(matrices[:, :3, 3], positions)
+    np.testing.assert_array_equal(matrices[:, 3], np.tile([0.0, 0.0, 0.0, 1.0], (40, 1)))
+    # any linear map of the matrices folds into the constant: here the optical axes (column 2)
+    pick = np.zeros((3, 16))
+    pick[[0, 1, 2], [2, 6, 10]] = 1.0
+    np.testing.assert_allclose(
+        (pick @ QUATERNION_PRODUCTS_TO_MATRIX) @ features, rotations[:, :, 2].T, atol=1e-14
+    )
+    trajectory = Trajectory(positions, q, np.arange(40.0))
+    np.testing.assert_array_equal(trajectory.wxyz, q / np.linalg.norm(q, axis=1, keepdims=True))
+    np.testing.assert_allclose(matrices, trajectory.matrices, atol=1e-14)
+
+
+def test_quaternion_product_features_hand_computed_yaw_and_shape_check():
+    features = quaternion_product_features(np.array([YAW_90[0]]), np.array([[1.0, 2.0, 3.0]]))
+    matrix = (QUATERNION_PRODUCTS_TO_MATRIX @ features)[:, 0].reshape(4, 4)
+    np.testing.assert_allclose(matrix[:3, :3], YAW_90[1], atol=1e-15)
+    assert not QUATERNION_PRODUCTS_TO_MATRIX.flags.writeable
+    with pytest.raises(ShapeMismatchError, match=r"shapes \(N, 4\) and \(N, 3\), got \(2, 4\)"):
+        quaternion_product_features(np.ones((2, 4)), np.ones((3, 3)))
+
+
+def test_heading_quaternions_equal_pose_from_heading():
+    headings = np.array([0.0, 90.0, 180.0, 270.0, 33.3, -45.0, 720.5])
+    q = heading_quaternions(headings)
+    assert q.shape == (7, 4)
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-15)
+    for h, row in zip(headings, q, strict=True):
+        assert Pose(0.0, row).allclose(Pose.from_heading(np.zeros(3), h), atol=1e-14)
+    np.testing.assert_allclose(quaternions_to_matrices(q[1]), HEADING_90[1], atol=1e-15)
+    with pytest.raises(InvalidPoseError, match="heading_deg must be finite"):
+        heading_quaternions([np.nan])
