@@ -135,8 +135,9 @@ def _missing(
 
     def unavailable(*args: object, **kwargs: object) -> object:
         raise error(
-            f"{name!r} is provided by {target} but importing it failed: {exc}. Install the "
-            "extra that provides it (for example pip install 'cityenv[town]') and retry."
+            f"{name!r} is provided by {target} but importing it failed: {exc}. Install what "
+            "it needs and retry (cityenv's extras: pip install 'cityenv[town]' for the built-in "
+            "town, 'cityenv[rl]' for PPO, 'cityenv[carla]' for a CARLA server)."
         )
 
     return unavailable
