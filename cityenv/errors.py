@@ -70,6 +70,16 @@ class UnknownNameError(CityEnvError, ValueError):
     """A name (weather, backend, city, preset) is not one of the known ones; says "did you mean"."""
 
 
+class UnknownOptionError(UnknownNameError, TypeError):
+    """An options mapping (a world model's ``world_model_options``) names a key that is not an
+    option; says "did you mean". A ``TypeError`` too, as an unexpected keyword argument is."""
+
+
+class InvalidOptionError(CityEnvError, TypeError, ValueError):
+    """An option has the wrong type (a ``TypeError``) or a value out of its range (a
+    ``ValueError``); says which option, what was expected and what came."""
+
+
 # --- models -------------------------------------------------------------------------------
 class CheckpointError(CityEnvError, ValueError):
     """A model folder is missing a part, describes another model, or holds pickled weights."""

@@ -11,8 +11,11 @@ from carla_tools.town import ProceduralTown
 from cityenv.errors import CheckpointError, ShapeMismatchError, UnknownNameError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
-from cityenv.worldmodel.base import ChunkReferences, ReferenceView
+from cityenv.worldmodel.base import ChunkReferences
 from cityenv.worldmodel.diffusion import DiffusionWorldModel, load_preset
+from cityenv.worldmodel.freeze import encode_keyframes
+from cityenv.worldmodel.referencing import ReferenceView
+from cityenv.worldmodel.sampling import denoise, velocity
 
 CAMERA = PinholeCamera.from_fov(64, 64, 90.0)
 L = 8  # frames per chunk: 2 latents
@@ -123,13 +126,12 @@ def _sequence(model: DiffusionWorldModel, scene, references: ChunkReferences):
     model.reset(pose=start, camera=CAMERA, references=refs(views, 1), prompt="a flooded street")
     trajectory = chunk(start, 0)
     with torch.no_grad():
-        warped = model._warper.generate(trajectory, references)
-        return model._sequence(trajectory, references, warped, CAMERA)
+        return model.condition(trajectory, references)
 
 
 def _targets(model: DiffusionWorldModel, seq, latents: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return model._velocity(seq, latents, torch.tensor(600.0))
+        return velocity(model.transformer, seq, latents, torch.tensor(600.0), model.settings)
 
 
 def test_each_guidance_drop_removes_only_its_condition(model: DiffusionWorldModel, scene) -> None:
@@ -167,7 +169,7 @@ def test_guidance_runs_the_unconditional_branch(scene) -> None:
         wm.transformer.register_forward_hook(lambda *args, calls=calls: calls.append(1))
         outputs.append(rollout(wm, scene, chunks=1, prompt="golden sunset")[1])
         counts.append(len(calls))
-    steps = load_preset("tiny")["rollout"]["num_inference_steps"]
+    steps = load_preset("tiny")["sampling"]["num_inference_steps"]
     assert counts == [steps, 2 * steps]
     assert not np.array_equal(outputs[0], outputs[1])
 
@@ -192,16 +194,19 @@ def test_freeze_frame_interpolation_keeps_keyframe_latents(model: DiffusionWorld
         model.interpolate(keys[:, :32], [0, 5], trajectory)
     # the keyframe latents stay clean while the sampler runs around them
     with torch.no_grad():
-        clean = model._encode_keyframes(
-            torch.from_numpy(keys).permute(3, 0, 1, 2)[None] / 127.5 - 1
+        clean = encode_keyframes(
+            model.vae, torch.from_numpy(keys).permute(3, 0, 1, 2)[None] / 127.5 - 1
         )
-        seq = model._sequence_parts(
-            np.repeat(trajectory.matrices[:1, None], 4, 1).repeat(3, 0),
-            ChunkReferences.none(10),
-            None,
-            CAMERA,
-            trajectory.matrices[0],
-            history=False,
+        seq = model.conditioner.sequence(
+            camera=CAMERA,
+            origin=trajectory.matrices[0],
+            target_poses=np.repeat(trajectory.matrices[:1, None], 4, 1).repeat(3, 0),
+            history=None,
+            history_poses=np.zeros((0, 4, 4, 4)),
+            warp=None,
+            references=[],
+            sink=None,
+            prompt=None,
         )
         seq.clean_targets = torch.tensor([True, False, True])
         noise = torch.randn(1, 4, 3, 8, 8)
@@ -210,7 +215,7 @@ def test_freeze_frame_interpolation_keeps_keyframe_latents(model: DiffusionWorld
         hook = model.transformer.register_forward_pre_hook(
             lambda module, args, kwargs: steps.append(kwargs["timestep"].clone()), with_kwargs=True
         )
-        out = model._denoise(seq, noise.clone())
+        out = denoise(model.transformer, model.scheduler, seq, noise.clone(), model.settings)
         hook.remove()
     # the keyframe latents sit at t=0 in every pass, the others at the sampler's t
     assert len(steps) == model.settings.num_inference_steps
@@ -269,7 +274,7 @@ def test_a_loaded_text_encoder_is_recorded_by_kind(tmp_path) -> None:
         device="cpu",
     )
     loaded = DiffusionWorldModel.from_pretrained(wm.save_pretrained(tmp_path / "wm"))
-    assert loaded._text_spec == {"kind": "minilm", "path": None, "max_length": 16}
+    assert loaded.text_encoder.spec == {"kind": "minilm", "path": None, "max_length": 16}
 
 
 def test_shift_and_steps_are_configurable(scene) -> None:
