@@ -330,3 +330,77 @@ def test_a_trained_model_warns_at_another_chunk_length(tmp_path, model: Diffusio
         loaded.check_settings(CAMERA, 12)  # the length it was set up for
     with pytest.warns(UserWarning, match="chunk_length=8 differs from the 12-frame chunks"):
         loaded.check_settings(CAMERA, 8)
+
+
+def test_each_model_owns_its_text_encoder(scene) -> None:
+    a = DiffusionWorldModel.from_preset("tiny", device="cpu")
+    b = DiffusionWorldModel.from_preset("tiny", device="cpu")
+    rollout(a, scene, chunks=1, prompt="golden sunset")  # loads a's encoder
+    before = rollout(b, scene, chunks=1, prompt="golden sunset")
+    assert a.text_encoder is not b.text_encoder
+    a.to(dtype=torch.float64)  # converting one model ...
+    a.text_encoder.to("meta")  # ... or moving its encoder to a device b is not on
+    assert a.transformer.proj_out.weight.dtype == torch.float64
+    assert b.text_encoder.device == torch.device("cpu")
+    assert {p.dtype for p in b.text_encoder.loaded.model.parameters()} == {torch.float32}
+    after = rollout(b, scene, chunks=1, prompt="golden sunset")  # ... leaves b as it was
+    for x, y in zip(before, after, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_folder_saved_before_the_rename_still_loads(tmp_path, model) -> None:
+    import json
+
+    folder = model.save_pretrained(tmp_path / "wm")
+    meta = json.loads((folder / "config.json").read_text())
+    assert set(meta) == {"_class_name", "sampling", "text_encoder"}
+    meta["rollout"] = meta.pop("sampling")  # the format written by earlier versions
+    (folder / "config.json").write_text(json.dumps(meta))
+    assert DiffusionWorldModel.from_pretrained(folder, device="cpu").settings == model.settings
+    del meta["rollout"]
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"lacks \['sampling'\]"):
+        DiffusionWorldModel.from_pretrained(folder)
+
+
+def test_parts_must_fit_together(model) -> None:
+    from cityenv.errors import InvalidOptionError
+    from cityenv.worldmodel.settings import SamplingSettings
+
+    small = DiffusionWorldModel.from_preset("small", device="cpu")
+    with pytest.raises(ShapeMismatchError, match="latent_channels is 16, expected 4"):
+        DiffusionWorldModel(
+            transformer=small.transformer,
+            vae=model.vae,
+            scheduler=model.scheduler,
+            text_encoder=model.text_encoder,
+            device="cpu",
+        )
+    with pytest.raises(InvalidOptionError, match="multiple of the VAE's temporal ratio 4, got 6"):
+        DiffusionWorldModel.from_preset("tiny", device="cpu", chunk_frames=6)
+    assert isinstance(model.settings, SamplingSettings)
+
+
+def test_warping_and_encoding_share_one_prepared_reference_cache(scene) -> None:
+    wm = DiffusionWorldModel.from_preset("tiny", device="cpu")
+    start, views = scene
+    wm.reset(pose=start, camera=CAMERA, references=refs(views, 1))
+    wm.generate(chunk(start, 0), refs(views))
+    assert len(wm.referencer.cache) == 2  # both views, prepared once at 64x64
+    assert len(wm.conditioner.latents) == 2  # and encoded once
+    hits = wm.referencer.cache.hits
+    wm.generate(chunk(start, 1), refs(views))
+    assert wm.referencer.cache.hits > hits and len(wm.referencer.cache) == 2
+
+
+def test_create_takes_typed_options(tmp_path, model) -> None:
+    from cityenv.errors import UnknownOptionError
+    from cityenv.worldmodel.options import DiffusionOptions
+
+    folder = model.save_pretrained(tmp_path / "wm")
+    wm = DiffusionWorldModel.create(DiffusionOptions(path=folder, device="cpu"))
+    assert wm.checkpoint == folder
+    loaded = DiffusionWorldModel.create(path=str(folder), device="cpu", num_inference_steps=1)
+    assert loaded.settings.num_inference_steps == 1
+    with pytest.raises(UnknownOptionError, match=r"Did you mean 'num_inference_steps'\?"):
+        DiffusionWorldModel.create(path=folder, num_inference_step=1)
