@@ -35,9 +35,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
-from cityenv.worldmodel.base import ChunkReferences, ReferenceView
-from cityenv.worldmodel.diffusion import DiffusionWorldModel, RolloutSettings, load_preset
+from cityenv.worldmodel.base import ChunkReferences
+from cityenv.worldmodel.diffusion import DiffusionWorldModel
 from cityenv.worldmodel.dit import CityDiT, SequenceLayout, sequence_positions
+from cityenv.worldmodel.presets import load_preset
+from cityenv.worldmodel.referencing import ReferenceView
+from cityenv.worldmodel.settings import SamplingSettings
 from cityenv.worldmodel.vae import VideoVAE
 
 SWM_SF_H100_FPS = 15.2
@@ -206,29 +209,33 @@ def count_flops(preset: str, width: int, height: int, steps: int | None) -> dict
     counted through PyTorch's math path (the fused CPU kernel is not counted by
     ``FlopCounterMode``). A chunk: ``steps`` transformer passes (twice with guidance), the VAE
     encoding of the warped video (``L + 1`` frames), of ``K`` references and the sink, and the
-    decoding of ``L / 4`` latents that continue a stream (``L`` frames).
+    decoding of ``L / r`` latents that continue a stream (``L`` frames; ``r`` the VAE's temporal
+    ratio, read from its config).
     """
     from diffusers import AutoencoderKLWan
 
     cfg = load_preset(preset)
-    settings = RolloutSettings(**cfg["rollout"])
+    settings = SamplingSettings.from_mapping(cfg["sampling"])
     steps = steps or settings.num_inference_steps
-    length, n, k = settings.chunk_frames, settings.chunk_frames // 4, settings.max_references
-    layout = SequenceLayout(settings.history, n, settings.use_sink, k)
-    positions = sequence_positions(
-        layout,
-        max_history=settings.history,
-        gap=settings.gap,
-        sink_offset=settings.sink_offset,
-        reference_stride=settings.reference_stride,
-    )
     passes = steps * (2 if settings.guidance_scale != 1.0 else 1)
     flops = {}
     with FakeTensorMode(allow_non_fake_inputs=True), sdpa_kernel(SDPBackend.MATH):
         dit = CityDiT(**cfg["transformer"])
         vae = AutoencoderKLWan(**cfg["vae"])
-        ratio = VideoVAE(vae).spatial_ratio
+        wrapped = VideoVAE(vae)  # the ratios come from the VAE's config
+        length, k = settings.chunk_frames, settings.max_references
+        n = length // wrapped.temporal_ratio
+        layout = SequenceLayout(settings.history, n, settings.use_sink, k)
+        positions = sequence_positions(
+            layout,
+            max_history=settings.history,
+            gap=settings.gap,
+            sink_offset=settings.sink_offset,
+            reference_stride=settings.reference_stride,
+        )
+        ratio = wrapped.spatial_ratio
         z, h, w, f = dit.config.latent_channels, height // ratio, width // ratio, layout.num_frames
+        _, p_h, p_w = dit.config.patch_size
         text_len = cfg.get("text_encoder", {}).get("max_length") or 32
         inputs = {
             "hidden_states": torch.randn(1, z, f, h, w),
@@ -259,7 +266,7 @@ def count_flops(preset: str, width: int, height: int, steps: int | None) -> dict
         "size": f"{width}x{height}",
         "chunk_frames": length,
         "steps": steps,
-        "tokens_per_chunk": f * (h // 2) * (w // 2),
+        "tokens_per_chunk": f * (h // p_h) * (w // p_w),
         "tflops_per_chunk": {key: round(v / 1e12, 4) for key, v in flops.items()},
         "gflops_per_frame": round(total / length / 1e9, 2),
     }

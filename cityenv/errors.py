@@ -103,6 +103,16 @@ class ConfigError(CityEnvError, ValueError):
     """
 
 
+class UnknownOptionError(UnknownNameError, ConfigError, TypeError):
+    """An options mapping (a world model's ``world_model_options``) names a key that is not an
+    option; says "did you mean". A ``TypeError`` too, as an unexpected keyword argument is."""
+
+
+class InvalidOptionError(ConfigError, TypeError):
+    """An option has the wrong type (a ``TypeError``) or a value out of its range (a
+    ``ValueError``); says which option, what was expected and what came."""
+
+
 # --- models -------------------------------------------------------------------------------
 class CheckpointError(CityEnvError, ValueError):
     """A model folder is missing a part, describes another model, or holds pickled weights."""

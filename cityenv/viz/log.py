@@ -35,7 +35,7 @@ from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.pose import Pose, Trajectory
 from cityenv.geometry.splat import unproject
-from cityenv.worldmodel.base import ReferenceView
+from cityenv.worldmodel.referencing import ReferenceView
 
 __all__ = [
     "CAMERA",

@@ -33,7 +33,8 @@ from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.pose import Pose, Trajectory
 from cityenv.viz import log as L
 from cityenv.viz.blueprint import default_blueprint
-from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, ReferenceView
+from cityenv.worldmodel.base import ChunkOutput, ChunkReferences
+from cityenv.worldmodel.referencing import ReferenceView
 
 __all__ = ["RerunRecorder"]
 

@@ -6,6 +6,20 @@
   a pluggable text encoder, diffusers' flow-matching scheduler), presets in
   ``configs/worldmodel/``.
 
+Modules, each importing only those above it in this list (and ``cityenv.geometry``,
+``cityenv.cache``, ``cityenv.errors``, ``cityenv.config``):
+
+- ``base``: the :class:`WorldModel` interface and the chunk value types;
+- ``referencing``: references loaded from a CityDB, prepared for a frame size, warped
+  (nearest reference per frame), one cache: used by both models and by training data code;
+- ``warp``: the warp baseline (:class:`WarpWorldModel`); ``options``: typed factory options;
+- ``settings`` (:class:`SamplingSettings`), ``text``, ``vae``, ``dit``, ``freeze``: the
+  diffusion model's parts;
+- ``conditioning`` (a chunk's :class:`ChunkSequence`), ``sampling`` (the flow-matching sampler
+  and guidance), ``objective`` (the training loss; never imports ``diffusion``);
+- ``presets`` (``configs/worldmodel/*.yaml``), ``checkpoint`` (the saved folder format);
+- ``diffusion``: :class:`DiffusionWorldModel`, a composition of the parts above.
+
 Names are imported on first use (PEP 562): the interface does not pull in diffusers.
 """
 
@@ -16,24 +30,25 @@ from typing import TYPE_CHECKING
 from cityenv._lazy import lazy_namespace
 
 if TYPE_CHECKING:
-    from cityenv.worldmodel.base import (
-        ChunkOutput,
-        ChunkReferences,
-        ReferenceLoader,
-        ReferenceView,
-        WorldModel,
-    )
-    from cityenv.worldmodel.diffusion import (
-        PRESETS,
-        ChunkSequence,
-        DiffusionWorldModel,
-        RolloutSettings,
-        load_preset,
-    )
+    from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, WorldModel
+    from cityenv.worldmodel.conditioning import ChunkSequence, Conditioner
+    from cityenv.worldmodel.diffusion import DiffusionWorldModel
     from cityenv.worldmodel.dit import CityDiT, SequenceLayout, sequence_positions
-    from cityenv.worldmodel.freeze import FreezeFramePlan, plan_freeze_frames
+    from cityenv.worldmodel.freeze import FreezeFramePlan, encode_keyframes, plan_freeze_frames
     from cityenv.worldmodel.objective import flow_matching_loss, sample_drops, sample_timestep
+    from cityenv.worldmodel.options import DiffusionOptions, WarpOptions
+    from cityenv.worldmodel.presets import PRESETS, load_preset
+    from cityenv.worldmodel.referencing import (
+        PreparedReference,
+        ReferenceLoader,
+        Referencer,
+        ReferenceView,
+        prepare_reference,
+        warp_nearest,
+    )
+    from cityenv.worldmodel.settings import SamplingSettings
     from cityenv.worldmodel.text import (
+        LazyTextEncoder,
         MiniLMTextEncoder,
         T5TextEncoder,
         TextEncoder,
@@ -45,22 +60,31 @@ if TYPE_CHECKING:
 _HOMES = {
     "ChunkOutput": "base",
     "ChunkReferences": "base",
-    "ReferenceLoader": "base",
-    "ReferenceView": "base",
     "WorldModel": "base",
-    "PRESETS": "diffusion",
-    "ChunkSequence": "diffusion",
+    "ChunkSequence": "conditioning",
+    "Conditioner": "conditioning",
     "DiffusionWorldModel": "diffusion",
-    "RolloutSettings": "diffusion",
-    "load_preset": "diffusion",
     "CityDiT": "dit",
     "SequenceLayout": "dit",
     "sequence_positions": "dit",
     "FreezeFramePlan": "freeze",
+    "encode_keyframes": "freeze",
     "plan_freeze_frames": "freeze",
     "flow_matching_loss": "objective",
     "sample_drops": "objective",
     "sample_timestep": "objective",
+    "DiffusionOptions": "options",
+    "WarpOptions": "options",
+    "PRESETS": "presets",
+    "load_preset": "presets",
+    "PreparedReference": "referencing",
+    "ReferenceLoader": "referencing",
+    "Referencer": "referencing",
+    "ReferenceView": "referencing",
+    "prepare_reference": "referencing",
+    "warp_nearest": "referencing",
+    "SamplingSettings": "settings",
+    "LazyTextEncoder": "text",
     "MiniLMTextEncoder": "text",
     "T5TextEncoder": "text",
     "TextEncoder": "text",
@@ -74,27 +98,36 @@ __all__ = [
     "ChunkReferences",
     "ChunkSequence",
     "CityDiT",
+    "Conditioner",
+    "DiffusionOptions",
     "DiffusionWorldModel",
+    "encode_keyframes",
+    "flow_matching_loss",
     "FreezeFramePlan",
+    "LazyTextEncoder",
+    "load_preset",
+    "make_text_encoder",
     "MiniLMTextEncoder",
+    "plan_freeze_frames",
+    "prepare_reference",
+    "PreparedReference",
     "PRESETS",
     "ReferenceLoader",
+    "Referencer",
     "ReferenceView",
-    "RolloutSettings",
+    "sample_drops",
+    "sample_timestep",
+    "SamplingSettings",
+    "sequence_positions",
     "SequenceLayout",
     "StreamingDecoder",
     "T5TextEncoder",
     "TextEncoder",
     "VideoVAE",
+    "warp_nearest",
+    "WarpOptions",
     "WarpWorldModel",
     "WorldModel",
-    "flow_matching_loss",
-    "load_preset",
-    "make_text_encoder",
-    "plan_freeze_frames",
-    "sample_drops",
-    "sample_timestep",
-    "sequence_positions",
 ]
 
 __getattr__, __dir__ = lazy_namespace(__name__, _HOMES, __all__)

@@ -1,49 +1,42 @@
 """The world-model interface: a chunk of camera poses + retrieved references -> video frames.
 
 The environment turns an action into a trajectory chunk, retrieves street-view references for it
-(:class:`cityenv.citydb.Retriever`), loads them (:class:`ReferenceLoader`) and asks the world model
-for the chunk's frames. Implementations: :class:`~cityenv.worldmodel.warp.WarpWorldModel`
-(non-learned retrieval + forward splatting) and the diffusion model of SWM (a later addition), both
-behind this interface. Frames: ENU world, OpenCV cameras, camera-to-world poses, metric z-depth
+(:class:`cityenv.citydb.Retriever`), loads them
+(:class:`~cityenv.worldmodel.referencing.ReferenceLoader`) and asks the world model for the chunk's
+frames. Implementations: :class:`~cityenv.worldmodel.warp.WarpWorldModel` (non-learned retrieval +
+forward splatting) and :class:`~cityenv.worldmodel.diffusion.DiffusionWorldModel` (SWM), both
+behind this interface. This module holds the interface and the chunk value types only; it imports
+no database code. Frames: ENU world, OpenCV cameras, camera-to-world poses, metric z-depth
 (0 = none).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cityenv.citydb.reader import CityDB
-from cityenv.citydb.retrieval import RetrievalResult
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
 
-__all__ = ["ChunkOutput", "ChunkReferences", "ReferenceLoader", "ReferenceView", "WorldModel"]
+if TYPE_CHECKING:
+    from cityenv.worldmodel.referencing import ReferenceView
+
+__all__ = ["ChunkOutput", "ChunkReferences", "WorldModel"]
+
+# Moved to cityenv.worldmodel.referencing; still importable from here (PEP 562) for callers that
+# import them from base (cityenv.envs.env does).
+_MOVED = {"ReferenceLoader", "ReferenceView"}
 
 
-@dataclass(frozen=True, eq=False)
-class ReferenceView:
-    """A loaded street-view reference.
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from cityenv.worldmodel import referencing
 
-    Attributes:
-        view_id: Id of the view in its CityDB.
-        image: RGB, uint8 ``(h, w, 3)``.
-        depth: Metric z-depth, float32 ``(h, w)``, 0 = none.
-        camera: Intrinsics of ``image``.
-        pose: Camera-to-world pose (ENU).
-        traversal_id: Capture pass the view belongs to.
-    """
-
-    view_id: int
-    image: np.ndarray
-    depth: np.ndarray
-    camera: PinholeCamera
-    pose: Pose
-    traversal_id: str = ""
+        return getattr(referencing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(eq=False)
@@ -70,47 +63,6 @@ class ChunkReferences:
     def empty(self) -> bool:
         """True when the chunk has neither references nor a sink."""
         return not self.views and self.sink is None
-
-
-class ReferenceLoader:
-    """Loads retrieved views from a CityDB, keeping the most recently used ones in memory.
-
-    Args:
-        db: The opened database.
-        capacity: Number of decoded views kept (a 256x256 view with depth is about 450 KiB).
-    """
-
-    def __init__(self, db: CityDB, capacity: int = 256) -> None:
-        self.db = db
-        self.capacity = int(capacity)
-        self._cache: OrderedDict[int, ReferenceView] = OrderedDict()
-
-    def view(self, view_id: int) -> ReferenceView:
-        """The decoded view ``view_id`` (from the cache when present)."""
-        view_id = int(view_id)
-        hit = self._cache.get(view_id)
-        if hit is not None:
-            self._cache.move_to_end(view_id)
-            return hit
-        loaded = self.db.load_view(view_id)
-        ref = ReferenceView(
-            view_id=view_id,
-            image=loaded.image,
-            depth=loaded.depth,
-            camera=loaded.camera,
-            pose=loaded.pose,
-            traversal_id=loaded.metadata.traversal_id,
-        )
-        self._cache[view_id] = ref
-        while len(self._cache) > self.capacity:
-            self._cache.popitem(last=False)
-        return ref
-
-    def load(self, result: RetrievalResult) -> ChunkReferences:
-        """Load every reference and the sink of a retrieval result."""
-        views = [self.view(r.view_id) for r in result.references]
-        sink = self.view(result.sink.view_id) if result.sink is not None else None
-        return ChunkReferences(views, np.asarray(result.per_frame, np.int64).copy(), sink)
 
 
 @dataclass(eq=False)

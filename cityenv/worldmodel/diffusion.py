@@ -1,32 +1,35 @@
 """The SWM-style diffusion world model: retrieval-augmented autoregressive video diffusion.
 
-Per chunk of ``L`` frames (``L`` a multiple of the VAE's 4x temporal compression, so ``n = L/4``
-latents) :class:`DiffusionWorldModel`:
+Per chunk of ``L`` frames (``L`` a multiple of the VAE's temporal ratio ``r``, 4 for Wan's VAE,
+so ``n = L / r`` latents) :class:`DiffusionWorldModel`:
 
 1. forward-splats each frame's nearest reference into its camera
-   (:class:`~cityenv.worldmodel.warp.WarpWorldModel`) and VAE-encodes the warped video and its
+   (:class:`~cityenv.worldmodel.referencing.Referencer`) and VAE-encodes the warped video and its
    validity mask (geometric referencing);
 2. encodes up to ``K`` references and the lookahead sink (the retrieved view nearest the chunk's
    endpoint) to one latent each (semantic referencing), with their cameras as Plücker rays
-   relative to the chunk's first frame;
+   relative to the chunk's first frame (:class:`~cityenv.worldmodel.conditioning.Conditioner`);
 3. takes the last ``H`` clean latents of the previous chunks as history;
 4. denoises ``n`` target latents with :class:`~diffusers.FlowMatchEulerDiscreteScheduler`
    through :class:`~cityenv.worldmodel.dit.CityDiT` (context tokens at t=0), with
-   classifier-free guidance whose unconditional branch drops any of text, references and warp;
+   classifier-free guidance whose unconditional branch drops any of text, references and warp
+   (:mod:`cityenv.worldmodel.sampling`);
 5. decodes the targets with a streaming VAE decoder, so consecutive chunks meet without seams.
 
-The first frame comes from a start image (its weather and cars carry on) or, without one, from
-the references (warped). :meth:`DiffusionWorldModel.interpolate` turns sparse keyframes into a
-video with SWM's intermittent freeze-frame layout. Presets live in ``configs/worldmodel/``.
+The model is a composition of parts passed in (transformer, VAE, scheduler, text encoder,
+referencer, settings); :meth:`~DiffusionWorldModel.from_preset`,
+:meth:`~DiffusionWorldModel.from_pretrained`, :meth:`~DiffusionWorldModel.from_wan` and
+:meth:`~DiffusionWorldModel.create` build the parts. The first frame comes from a start image
+(its weather and cars carry on) or, without one, from the references (warped as the warp model
+does). :meth:`DiffusionWorldModel.interpolate` turns sparse keyframes into a video with SWM's
+intermittent freeze-frame layout. Presets live in ``configs/worldmodel/``
+(:mod:`cityenv.worldmodel.presets`), the folder format in :mod:`cityenv.worldmodel.checkpoint`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,204 +37,40 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import yaml
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from cityenv.config import config_dir
-from cityenv.errors import CheckpointError, ShapeMismatchError, UnknownNameError
+from cityenv.errors import InvalidOptionError, ShapeMismatchError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
-from cityenv.geometry.rays import plucker_rays
-from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, ReferenceView, WorldModel
-from cityenv.worldmodel.dit import (
-    CityDiT,
-    SequenceLayout,
-    cast_keeping_fp32,
-    sequence_positions,
+from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, WorldModel
+from cityenv.worldmodel.checkpoint import load_folder, refuse_pickles, save_folder
+from cityenv.worldmodel.conditioning import (
+    PLUCKER_CHANNELS,
+    ChunkSequence,
+    Conditioner,
+    to_uint8,
+    to_video,
 )
-from cityenv.worldmodel.freeze import plan_freeze_frames
-from cityenv.worldmodel.text import MiniLMTextEncoder, TextEncoder, as_dtype, make_text_encoder
-from cityenv.worldmodel.vae import PICKLED_WEIGHT_SUFFIXES, VideoVAE
-from cityenv.worldmodel.warp import WarpWorldModel
+from cityenv.worldmodel.dit import CityDiT, cast_keeping_fp32
+from cityenv.worldmodel.freeze import encode_keyframes, plan_freeze_frames
+from cityenv.worldmodel.options import DiffusionOptions
+from cityenv.worldmodel.presets import PRESETS, load_preset
+from cityenv.worldmodel.referencing import Referencer
+from cityenv.worldmodel.sampling import denoise, initial_noise, with_shift
+from cityenv.worldmodel.settings import CONDITIONS, SamplingSettings
+from cityenv.worldmodel.text import LazyTextEncoder, TextEncoder, as_dtype
+from cityenv.worldmodel.vae import VideoVAE
+from cityenv.worldmodel.warp import first_frame
 
 __all__ = [
+    "CONDITIONS",
     "PRESETS",
     "ChunkSequence",
+    "DiffusionOptions",
     "DiffusionWorldModel",
-    "RolloutSettings",
+    "SamplingSettings",
     "load_preset",
 ]
-
-PRESETS = ("tiny", "small", "swm-tf", "swm-sf")
-CONDITIONS = ("text", "references", "warp")
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    """The settings of a preset in ``configs/worldmodel/<name>.yaml``.
-
-    Returns:
-        A dict with ``vae``, ``transformer``, ``text_encoder``, ``scheduler`` and ``rollout``.
-
-    Raises:
-        UnknownNameError: If ``name`` is not a preset (with "did you mean").
-    """
-    path = config_dir() / "worldmodel" / f"{name}.yaml"
-    if not path.is_file():
-        import difflib
-
-        close = difflib.get_close_matches(str(name), PRESETS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UnknownNameError(f"world-model preset must be one of {PRESETS}, got {name!r}.{hint}")
-    return yaml.safe_load(path.read_text())
-
-
-@dataclass(frozen=True)
-class RolloutSettings:
-    """How the model is run chunk after chunk (SWM's hyper-parameters).
-
-    Attributes:
-        chunk_frames: Frames per chunk the preset was made for (a multiple of 4).
-        history: ``H``: clean history latents from the previous chunks.
-        max_references: ``K``: reference latents per chunk.
-        gap: ``G``: RoPE gap between the generation window and the references.
-        sink_offset: ``dVL``: RoPE offset of the lookahead sink after the targets.
-        reference_stride: ``dref``: RoPE spacing of the references.
-        use_sink: Whether the lookahead sink is used.
-        num_inference_steps: Sampler steps per chunk.
-        shift: The flow-matching timestep shift; ``None`` keeps the scheduler's own.
-        guidance_scale: Classifier-free guidance scale (1 = no unconditional pass).
-        guidance_drop: Conditions the unconditional branch drops: any of ``text``,
-            ``references`` (references and sink) and ``warp``.
-    """
-
-    chunk_frames: int = 12
-    history: int = 3
-    max_references: int = 1
-    gap: int = 50
-    sink_offset: int = 5
-    reference_stride: int = 1
-    use_sink: bool = True
-    num_inference_steps: int = 4
-    shift: float | None = None
-    guidance_scale: float = 1.0
-    guidance_drop: tuple[str, ...] = ("text",)
-
-    def __post_init__(self) -> None:
-        unknown = [c for c in self.guidance_drop if c not in CONDITIONS]
-        if unknown:
-            raise UnknownNameError(
-                f"guidance_drop may name {CONDITIONS}, got {tuple(self.guidance_drop)!r}."
-            )
-        object.__setattr__(self, "guidance_drop", tuple(self.guidance_drop))
-        if self.chunk_frames % 4 or self.history < 0 or self.max_references < 0:
-            raise ValueError(
-                "chunk_frames must be a multiple of 4 and history/max_references >= 0, got "
-                f"{self.chunk_frames}, {self.history}, {self.max_references}."
-            )
-
-
-@dataclass(eq=False)
-class ChunkSequence:
-    """Everything a chunk is conditioned on, as latent frames at the latent resolution.
-
-    Shapes use ``z`` latent channels, ``(h, w)`` the latent size, ``P`` Plücker channels.
-
-    Attributes:
-        history: Clean history latents ``(1, z, Hh, h, w)``.
-        history_rays: Their Plücker rays ``(1, P, Hh, h, w)``.
-        target_rays: The target latents' rays ``(1, P, n, h, w)``.
-        warp: Encoded warped video + mask ``(1, z + 1, n, h, w)``, or ``None`` (none / dropped).
-        sink: The lookahead-sink latent ``(1, z, 1, h, w)`` or ``None``.
-        sink_rays: Its rays ``(1, P, 1, h, w)`` or ``None``.
-        references: Reference latents ``(1, z, K, h, w)`` (``K`` may be 0).
-        reference_rays: Their rays ``(1, P, K, h, w)``.
-        text: Text token embeddings ``(1, S, D)`` (zeros = no text).
-        clean_targets: bool ``(n,)``: targets that are given clean (freeze-frame keyframes) and
-            are kept at t=0, or ``None``.
-    """
-
-    history: torch.Tensor
-    history_rays: torch.Tensor
-    target_rays: torch.Tensor
-    warp: torch.Tensor | None
-    sink: torch.Tensor | None
-    sink_rays: torch.Tensor | None
-    references: torch.Tensor
-    reference_rays: torch.Tensor
-    text: torch.Tensor
-    clean_targets: torch.Tensor | None = None
-
-    @property
-    def layout(self) -> SequenceLayout:
-        """Where each group of frames sits in the token sequence."""
-        return SequenceLayout(
-            history=self.history.shape[2],
-            target=self.target_rays.shape[2],
-            sink=self.sink is not None,
-            references=self.references.shape[2],
-        )
-
-    def drop(self, conditions: Sequence[str]) -> ChunkSequence:
-        """The same sequence without some conditions (classifier-free guidance).
-
-        Args:
-            conditions: Any of ``text`` (zero text embedding), ``references`` (no reference and
-                no sink tokens) and ``warp`` (no warp channels).
-        """
-        out = dataclasses.replace(self)
-        if "text" in conditions:
-            out.text = torch.zeros_like(self.text)
-        if "references" in conditions:
-            out.sink = out.sink_rays = None
-            out.references = self.references[:, :, :0]
-            out.reference_rays = self.reference_rays[:, :, :0]
-        if "warp" in conditions:
-            out.warp = None
-        return out
-
-    def inputs(
-        self, targets: torch.Tensor, t: torch.Tensor | float, settings: RolloutSettings
-    ) -> dict[str, torch.Tensor]:
-        """The keyword arguments of :meth:`CityDiT.forward` for target latents at timestep ``t``.
-
-        Args:
-            targets: Noisy target latents ``(1, z, n, h, w)``.
-            t: The sampler's timestep.
-            settings: Positions come from its ``history``, ``gap``, ``sink_offset`` and
-                ``reference_stride``.
-        """
-        layout = self.layout
-        parts = [self.history, targets]
-        rays = [self.history_rays, self.target_rays]
-        if self.sink is not None:
-            parts.append(self.sink)
-            rays.append(self.sink_rays)
-        parts.append(self.references)
-        rays.append(self.reference_rays)
-        latents = torch.cat(parts, dim=2)
-        timestep = layout.frame_timesteps(torch.as_tensor(t, device=latents.device))
-        if self.clean_targets is not None:
-            timestep[:, layout.target_slice][:, self.clean_targets] = 0.0
-        b, z, f, h, w = latents.shape
-        conditions = latents.new_zeros(b, z + 1, f, h, w)
-        if self.warp is not None:
-            conditions[:, :, layout.target_slice] = self.warp
-        positions = sequence_positions(
-            layout,
-            max_history=max(settings.history, layout.history),
-            gap=settings.gap,
-            sink_offset=settings.sink_offset,
-            reference_stride=settings.reference_stride,
-        )
-        return {
-            "hidden_states": latents,
-            "timestep": timestep.to(latents.device),
-            "encoder_hidden_states": self.text,
-            "positions": positions,
-            "conditions": conditions,
-            "plucker": torch.cat(rays, dim=2).to(latents.dtype),
-        }
 
 
 @dataclass
@@ -239,7 +78,7 @@ class _Stream:
     """The episode so far: clean latents with the poses of the frames each latent covers."""
 
     latents: list[torch.Tensor] = field(default_factory=list)  # each (1, z, 1, h, w)
-    poses: list[np.ndarray] = field(default_factory=list)  # each (4, 4, 4)
+    poses: list[np.ndarray] = field(default_factory=list)  # each (r, 4, 4)
 
     def push(self, latents: torch.Tensor, poses: np.ndarray, keep: int) -> None:
         for i in range(latents.shape[2]):
@@ -247,22 +86,34 @@ class _Stream:
             self.poses.append(poses[i])
         del self.latents[:-keep], self.poses[:-keep]
 
+    def last(self, count: int) -> tuple[torch.Tensor | None, np.ndarray]:
+        """The last ``count`` latents ``(1, z, c, h, w)`` (``None`` if none) and their poses."""
+        if count <= 0 or not self.latents:
+            return None, np.zeros((0, 4, 4))
+        return torch.cat(self.latents[-count:], dim=2), np.asarray(self.poses[-count:])
+
 
 class DiffusionWorldModel(WorldModel):
     """SWM's retrieval-augmented autoregressive video diffusion behind the WorldModel interface.
 
     Build it with :meth:`from_preset` (random weights), :meth:`from_pretrained` (a folder written
-    by :meth:`save_pretrained`) or :meth:`from_wan` (a local diffusers Wan 2.1/2.2 folder).
+    by :meth:`save_pretrained`), :meth:`from_wan` (a local diffusers Wan 2.1/2.2 folder) or
+    :meth:`create` (the environment's factory); or pass the parts in yourself.
 
     Args:
         transformer: The denoiser.
-        vae: The video VAE.
+        vae: The video VAE (its temporal and spatial ratios set the chunk and frame sizes).
         scheduler: The flow-matching sampler (``settings.shift``, when set, replaces its shift).
-        text_encoder: A loaded text encoder, or the keyword arguments of
-            :func:`~cityenv.worldmodel.text.make_text_encoder` to load one on the first prompt.
+        text_encoder: This model's own text encoder (a :class:`LazyTextEncoder` loads on the
+            first prompt); a mapping is taken as a :class:`LazyTextEncoder` spec.
         settings: Chunk and sampling settings.
+        referencer: Prepares and warps references (``None``: a new one).
         device: Where the models run (``None``: CUDA when available).
         reference_cache: Encoded reference latents kept in memory.
+
+    Raises:
+        ShapeMismatchError: If the parts do not fit together (latent or ray channels).
+        InvalidOptionError: If ``settings.chunk_frames`` is not a multiple of the VAE's ratio.
     """
 
     def __init__(
@@ -272,28 +123,31 @@ class DiffusionWorldModel(WorldModel):
         vae: VideoVAE,
         scheduler: FlowMatchEulerDiscreteScheduler,
         text_encoder: TextEncoder | Mapping[str, Any],
-        settings: RolloutSettings | None = None,
+        settings: SamplingSettings | None = None,
+        referencer: Referencer | None = None,
         device: str | torch.device | None = None,
         reference_cache: int = 64,
     ) -> None:
+        self.settings = settings or SamplingSettings()
+        _check_parts(transformer, vae, self.settings)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.transformer = transformer.to(self.device).eval()
         self.vae = vae
         self.vae.vae.to(self.device).eval()
-        self.settings = settings or RolloutSettings()
-        if self.settings.shift is not None:
-            scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-                scheduler.config, shift=self.settings.shift
-            )
-        self.scheduler = scheduler
-        self._text_spec = None if isinstance(text_encoder, TextEncoder) else dict(text_encoder)
-        self._text_encoder = text_encoder if isinstance(text_encoder, TextEncoder) else None
-        self._text_cache: dict[str | None, torch.Tensor] = {}
-        self._ref_cache: OrderedDict[tuple[int, int, int], tuple[ReferenceView, torch.Tensor]] = (
-            OrderedDict()
+        self.scheduler = with_shift(scheduler, self.settings.shift)
+        if not isinstance(text_encoder, TextEncoder):
+            text_encoder = LazyTextEncoder(text_encoder)
+        self.text_encoder = text_encoder.to(self.device)
+        self.referencer = referencer if referencer is not None else Referencer()
+        self.conditioner = Conditioner(
+            vae=vae,
+            referencer=self.referencer,
+            text_encoder=self.text_encoder,
+            text_dim=transformer.config.text_dim,
+            device=self.device,
+            dtype=self._dtype,
+            reference_cache=reference_cache,
         )
-        self._ref_capacity = int(reference_cache)
-        self._warper = WarpWorldModel()
         self._decoder = vae.streaming_decoder()
         self._stream = _Stream()
         self._generator = torch.Generator("cpu").manual_seed(0)
@@ -309,7 +163,7 @@ class DiffusionWorldModel(WorldModel):
         *,
         seed: int = 0,
         device: str | torch.device | None = None,
-        torch_dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype | str | None = None,
         **settings: Any,
     ) -> DiffusionWorldModel:
         """A randomly initialised model of a preset (``tiny``, ``small``, ``swm-tf``, ``swm-sf``).
@@ -319,7 +173,7 @@ class DiffusionWorldModel(WorldModel):
             seed: Seeds the initial weights (the global RNG is left as it was).
             device: See the class.
             torch_dtype: Weight dtype (``None``: float32).
-            **settings: Overrides of the preset's :class:`RolloutSettings`.
+            **settings: Overrides of the preset's :class:`SamplingSettings`.
         """
         cfg = load_preset(name)
         torch_dtype = _dtype(torch_dtype)
@@ -330,46 +184,47 @@ class DiffusionWorldModel(WorldModel):
         if torch_dtype is not None:
             cast_keeping_fp32(transformer, torch_dtype)
             cast_keeping_fp32(vae.vae, torch_dtype)
-        return cls(
-            transformer=transformer,
-            vae=vae,
-            scheduler=FlowMatchEulerDiscreteScheduler(**cfg.get("scheduler", {})),
-            text_encoder=cfg.get("text_encoder", {"kind": "minilm"}),
-            settings=RolloutSettings(**{**cfg.get("rollout", {}), **settings}),
-            device=device,
-        )
+        return cls._assemble(cfg, transformer, vae, cfg.get("text_encoder", {}), device, settings)
 
     @classmethod
     def create(
         cls,
-        path: str | Path | None = None,
-        *,
-        preset: str = "small",
-        seed: int = 0,
-        device: str | torch.device | None = None,
-        torch_dtype: torch.dtype | None = None,
-        **settings: Any,
+        path: str | Path | DiffusionOptions | Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> DiffusionWorldModel:
-        """The environment's factory (``world_model="diffusion"``).
+        """The environment's factory (``world_model="diffusion"``), from checked options.
 
-        Args:
-            path: A folder written by :meth:`save_pretrained`; ``None`` gives random weights of
-                ``preset`` (with a warning: the frames are noise until a trained model is used).
-            preset: The preset for random weights.
-            seed: Seeds random weights.
-            device: See the class.
-            torch_dtype: Weight dtype.
-            **settings: :class:`RolloutSettings` overrides.
+        Called as ``create(**world_model_options)``: ``path`` (a folder written by
+        :meth:`save_pretrained`; ``None`` gives random weights of ``preset``, with a warning: the
+        frames are noise until a trained model is used), ``preset`` (default ``small``),
+        ``seed``, ``device``, ``torch_dtype`` and any :class:`SamplingSettings` override. A
+        :class:`DiffusionOptions` (or a mapping of it) may be passed as the first argument
+        instead.
+
+        Raises:
+            UnknownOptionError: If an option is unknown (with "Did you mean").
+            InvalidOptionError: If an option has the wrong type.
         """
-        if path is not None:
-            return cls.from_pretrained(path, device=device, torch_dtype=torch_dtype, **settings)
+        if isinstance(path, (DiffusionOptions, Mapping)):
+            opts = DiffusionOptions.coerce(path, **options)
+        else:
+            opts = DiffusionOptions.coerce({"path": path, **options})
+        if opts.path is not None:
+            return cls.from_pretrained(
+                opts.path, device=opts.device, torch_dtype=opts.torch_dtype, **opts.sampling
+            )
         warnings.warn(
-            f"world_model='diffusion' without a path: random weights of the {preset!r} preset, "
-            "so frames are noise; pass world_model_options={'path': <a saved model folder>}.",
+            f"world_model='diffusion' without a path: random weights of the {opts.preset!r} "
+            "preset, so frames are noise; pass world_model_options={'path': <a saved model "
+            "folder>}.",
             stacklevel=2,
         )
         return cls.from_preset(
-            preset, seed=seed, device=device, torch_dtype=torch_dtype, **settings
+            opts.preset,
+            seed=opts.seed,
+            device=opts.device,
+            torch_dtype=opts.torch_dtype,
+            **opts.sampling,
         )
 
     @classmethod
@@ -379,29 +234,27 @@ class DiffusionWorldModel(WorldModel):
         *,
         preset: str = "swm-sf",
         device: str | torch.device | None = None,
-        torch_dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype | str | None = None,
         **settings: Any,
     ) -> DiffusionWorldModel:
         """A model whose backbone, VAE and text encoder come from a local diffusers Wan folder.
 
         The folder is a Wan 2.1/2.2 text-to-video diffusers folder (``transformer/``, ``vae/``,
-        ``text_encoder/`` + ``tokenizer/`` with UMT5); SWM's new input channels start at zero.
-        The rollout and scheduler settings come from ``preset``. Nothing is downloaded.
+        ``text_encoder/`` + ``tokenizer/`` with UMT5); SWM's new input channels start at zero
+        (the Plücker channels sized by the VAE's temporal ratio). The sampling and scheduler
+        settings come from ``preset``. Nothing is downloaded.
         """
         path, torch_dtype = Path(path), _dtype(torch_dtype)
-        _refuse_pickles(path)
+        refuse_pickles(path)
         cfg = load_preset(preset)
-        transformer = CityDiT.from_wan(path, torch_dtype=torch_dtype)
         vae = VideoVAE.from_pretrained(path / "vae", torch_dtype=torch_dtype)
-        text = {**cfg.get("text_encoder", {}), "kind": "umt5", "path": str(path)}
-        return cls(
-            transformer=transformer,
-            vae=vae,
-            scheduler=FlowMatchEulerDiscreteScheduler(**cfg.get("scheduler", {})),
-            text_encoder=text,
-            settings=RolloutSettings(**{**cfg.get("rollout", {}), **settings}),
-            device=device,
+        transformer = CityDiT.from_wan(
+            path,
+            plucker_channels=PLUCKER_CHANNELS * vae.temporal_ratio,
+            torch_dtype=torch_dtype,
         )
+        text = {**cfg.get("text_encoder", {}), "kind": "umt5", "path": str(path)}
+        return cls._assemble(cfg, transformer, vae, text, device, settings)
 
     @classmethod
     def from_pretrained(
@@ -409,46 +262,53 @@ class DiffusionWorldModel(WorldModel):
         path: str | Path,
         *,
         device: str | torch.device | None = None,
-        torch_dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype | str | None = None,
         **settings: Any,
     ) -> DiffusionWorldModel:
         """Load a folder written by :meth:`save_pretrained` (safetensors only).
 
+        Args:
+            path: The folder (:mod:`cityenv.worldmodel.checkpoint`).
+            device: See the class.
+            torch_dtype: Weight dtype (``None``: as saved).
+            **settings: Overrides of the saved :class:`SamplingSettings`.
+
         Raises:
             CheckpointError: If the folder is not such a folder or holds pickled weights.
         """
-        path, torch_dtype = Path(path), _dtype(torch_dtype)
-        meta_path = path / "config.json"
-        if not meta_path.is_file():
-            raise CheckpointError(
-                f"expected a world-model folder with config.json (written by "
-                f"DiffusionWorldModel.save_pretrained) at {path}; none is there."
-            )
-        _refuse_pickles(path)
-        meta = json.loads(meta_path.read_text())
-        if meta.get("_class_name") != cls.__name__:
-            raise CheckpointError(
-                f"{meta_path} describes a {meta.get('_class_name')!r}, not a {cls.__name__}."
-            )
-        transformer = CityDiT.from_pretrained(
-            path / "transformer",
-            use_safetensors=True,
-            local_files_only=True,
-            torch_dtype=torch_dtype,
-        )
-        vae = VideoVAE.from_pretrained(path / "vae", torch_dtype=torch_dtype)
-        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler")
-        rollout = {**meta["rollout"], **settings}
+        folder = load_folder(path, class_name=cls.__name__, torch_dtype=_dtype(torch_dtype))
         model = cls(
-            transformer=transformer,
-            vae=vae,
-            scheduler=scheduler,
-            text_encoder=meta["text_encoder"],
-            settings=RolloutSettings(**rollout),
+            transformer=folder.transformer,
+            vae=folder.vae,
+            scheduler=folder.scheduler,
+            text_encoder=LazyTextEncoder(folder.text_encoder),
+            settings=SamplingSettings.from_mapping(folder.sampling, **settings),
+            referencer=Referencer(),
             device=device,
         )
-        model.checkpoint = path
+        model.checkpoint = folder.path
         return model
+
+    @classmethod
+    def _assemble(
+        cls,
+        cfg: Mapping[str, Any],
+        transformer: CityDiT,
+        vae: VideoVAE,
+        text: Mapping[str, Any],
+        device: str | torch.device | None,
+        settings: Mapping[str, Any],
+    ) -> DiffusionWorldModel:
+        """The model of a preset's scheduler, text and sampling groups around built parts."""
+        return cls(
+            transformer=transformer,
+            vae=vae,
+            scheduler=FlowMatchEulerDiscreteScheduler(**cfg.get("scheduler", {})),
+            text_encoder=LazyTextEncoder(text),
+            settings=SamplingSettings.from_mapping(cfg.get("sampling", {}), **settings),
+            referencer=Referencer(),
+            device=device,
+        )
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the model to one folder: ``config.json`` + ``transformer/``, ``vae/`` and
@@ -458,34 +318,55 @@ class DiffusionWorldModel(WorldModel):
         Returns:
             The folder.
         """
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.transformer.save_pretrained(path / "transformer", safe_serialization=True)
-        self.vae.vae.save_pretrained(path / "vae", safe_serialization=True)
-        self.scheduler.save_pretrained(path / "scheduler")
-        meta = {
-            "_class_name": type(self).__name__,
-            "rollout": dataclasses.asdict(self.settings),
-            "text_encoder": self._text_spec or _text_spec_of(self.text_encoder),
-        }
-        (path / "config.json").write_text(json.dumps(meta, indent=2))
-        return path
+        return save_folder(
+            path,
+            class_name=type(self).__name__,
+            transformer=self.transformer,
+            vae=self.vae,
+            scheduler=self.scheduler,
+            settings=self.settings,
+            text_encoder=self.text_encoder.spec,
+        )
+
+    def to(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None
+    ) -> DiffusionWorldModel:
+        """Move this model's own parts (transformer, VAE, text encoder) to ``device`` and cast the
+        transformer and VAE to ``dtype`` (keeping Wan's float32 modules); returns ``self``.
+
+        Only this model's parts move: another model's never do. Cached latents are dropped and
+        the episode ends (call :meth:`reset` again).
+        """
+        if dtype is not None:
+            dtype = as_dtype(dtype)
+            cast_keeping_fp32(self.transformer, dtype)
+            cast_keeping_fp32(self.vae.vae, dtype)
+        if device is not None:
+            self.device = torch.device(device)
+            self.transformer.to(self.device)
+            self.vae.vae.to(self.device)
+            self.text_encoder.to(self.device)
+        self.conditioner.to(self.device, self._dtype)
+        self._stream, self.camera = _Stream(), None
+        self._decoder.reset()
+        return self
 
     # --- WorldModel API -------------------------------------------------------------------------
     def check_settings(self, camera: PinholeCamera, chunk_length: int) -> None:
-        """Frames must be multiples of 16 pixels and chunks multiples of 4 frames; a trained
-        model (:attr:`checkpoint`) warns at another chunk length than it was set up for.
+        """Frames must be multiples of the VAE's spatial ratio times the patch (16 pixels for
+        the presets) and chunks multiples of its temporal ratio (4 frames); a trained model
+        (:attr:`checkpoint`) warns at another chunk length than it was set up for.
 
         Raises:
             ShapeMismatchError: Saying which value to use instead.
         """
-        _check_camera(camera, self.vae.spatial_ratio * self.transformer.config.patch_size[1])
+        self._check_camera(camera)
         _num_latents(chunk_length, self.vae.temporal_ratio)
         if self.checkpoint is not None and chunk_length != self.settings.chunk_frames:
             warnings.warn(
                 f"chunk_length={chunk_length} differs from the {self.settings.chunk_frames}-frame "
-                "chunks this model was set up for (RolloutSettings.chunk_frames); a trained model "
-                "may follow the camera less well at another length.",
+                "chunks this model was set up for (SamplingSettings.chunk_frames); a trained "
+                "model may follow the camera less well at another length.",
                 stacklevel=2,
             )
 
@@ -502,38 +383,38 @@ class DiffusionWorldModel(WorldModel):
         """Start an episode; see :meth:`WorldModel.reset`.
 
         The first frame is ``start_image`` (resized to ``camera``) or, without one, the
-        references warped into ``pose``; it is encoded as the first history latent. ``generator``
-        seeds the sampling noise of the episode.
+        references warped into ``pose`` (:func:`~cityenv.worldmodel.warp.first_frame`); it is
+        encoded as the first history latent. ``generator`` seeds the sampling noise of the
+        episode.
 
         Returns:
             The first frame, uint8 ``(H, W, 3)``.
 
         Raises:
-            ShapeMismatchError: If the camera's size is not a multiple of 16 pixels (8x VAE
-                downsampling times the 2x2 patch).
+            ShapeMismatchError: If the camera's size is not a multiple of the VAE's spatial
+                ratio times the patch (16 pixels for the presets).
         """
-        _check_camera(camera, self.vae.spatial_ratio * self.transformer.config.patch_size[1])
+        self._check_camera(camera)
         self.camera, self.prompt = camera, prompt
         seed = 0 if generator is None else int(generator.integers(2**62))
         self._generator = torch.Generator("cpu").manual_seed(seed)
-        first = self._warper.reset(
-            pose=pose, camera=camera, references=references, start_image=start_image
-        )
-        latent = self.vae.encode(_to_video(first[None], self.device, self._dtype))
+        first, info = first_frame(self.referencer, pose, camera, references, start_image)
+        latent = self.vae.encode(to_video(first[None], self.device, self._dtype))
         self._stream = _Stream()
         r = self.vae.temporal_ratio  # the first latent holds one frame: its pose fills the group
         self._stream.push(latent, np.repeat(pose.matrix[None, None], r, axis=1), self._keep)
         self._decoder.reset()
         with torch.no_grad():
             self._decoder.decode(latent)  # primes the causal cache: later chunks continue it
-        self.reset_info = {"source": self._warper.reset_info.get("source", "start_image")}
+        self.reset_info = {"source": info["source"]}
         return first
 
     def generate(self, trajectory: Trajectory, references: ChunkReferences) -> ChunkOutput:
         """Generate one chunk; see :meth:`WorldModel.generate`.
 
         Args:
-            trajectory: ``L`` camera-to-world poses, ``L`` a multiple of 4.
+            trajectory: ``L`` camera-to-world poses, ``L`` a multiple of the VAE's temporal
+                ratio (4).
             references: The chunk's loaded references.
 
         Returns:
@@ -547,14 +428,13 @@ class DiffusionWorldModel(WorldModel):
         r = self.vae.temporal_ratio
         n = _num_latents(len(trajectory), r)
         with torch.no_grad():
-            warped = self._warper.generate(trajectory, references)
-            seq = self._sequence(trajectory, references, warped, camera)
+            warps, masks = self.warp(trajectory, references)
+            seq = self.condition(trajectory, references, warps=warps, masks=masks)
             encode_s = time.perf_counter() - start
-            noise = self._noise(n, camera)
-            latents = self._denoise(seq, noise)
+            latents = denoise(self.transformer, self.scheduler, seq, self.noise(n), self.settings)
             denoise_s = time.perf_counter() - start - encode_s
             video = self._decoder.decode(latents)
-        frames = _to_uint8(video)
+        frames = to_uint8(video)
         self._stream.push(latents, trajectory.matrices.reshape(n, r, 4, 4), self._keep)
         total = time.perf_counter() - start
         info = {
@@ -569,7 +449,7 @@ class DiffusionWorldModel(WorldModel):
             "steps": self.settings.num_inference_steps,
             "prompt_used": bool(self.prompt),
         }
-        return ChunkOutput(frames, warped.warps, warped.masks, references, info)
+        return ChunkOutput(frames, warps, masks, references, info)
 
     def interpolate(
         self,
@@ -580,10 +460,10 @@ class DiffusionWorldModel(WorldModel):
     ) -> np.ndarray:
         """Intermittent freeze-frame interpolation: ``N`` keyframes -> a ``T``-frame video.
 
-        Each keyframe after the first is repeated 4 times so it encodes to one clean latent
-        (:func:`~cityenv.worldmodel.freeze.plan_freeze_frames`); those latents stay at t=0 while
-        the others are denoised; after decoding the duplicates are dropped. Call :meth:`reset`
-        first (it sets the camera and the noise seed).
+        Each keyframe after the first is repeated ``r`` times (the VAE's temporal ratio) so it
+        encodes to one clean latent (:func:`~cityenv.worldmodel.freeze.plan_freeze_frames`);
+        those latents stay at t=0 while the others are denoised; after decoding the duplicates
+        are dropped. Call :meth:`reset` first (it sets the camera and the noise seed).
 
         Args:
             keyframes: uint8 ``(N, H, W, 3)``.
@@ -595,7 +475,9 @@ class DiffusionWorldModel(WorldModel):
             uint8 ``(T, H, W, 3)``.
         """
         camera = self._require_camera()
-        plan = plan_freeze_frames(key_times, len(trajectory))
+        plan = plan_freeze_frames(
+            key_times, len(trajectory), temporal_ratio=self.vae.temporal_ratio
+        )
         keyframes = np.asarray(keyframes)
         want = (plan.num_keyframes, camera.height, camera.width, 3)
         if keyframes.shape != want or keyframes.dtype != np.uint8:
@@ -603,28 +485,66 @@ class DiffusionWorldModel(WorldModel):
                 f"keyframes: expected uint8 {want} (one per key time, at the camera's size), got "
                 f"{keyframes.dtype} {keyframes.shape}; resize them to the frame size first."
             )
-        keys = _to_video(keyframes, self.device, self._dtype)  # (1, 3, N, H, W)
+        keys = to_video(keyframes, self.device, self._dtype)  # (1, 3, N, H, W)
         with torch.no_grad():
-            clean = self._encode_keyframes(keys)
-            poses = trajectory.matrices[plan.expanded_times]  # (expanded, 4, 4)
-            r = self.vae.temporal_ratio  # latent 0 holds frame 0 alone: its pose fills the group
-            groups = np.concatenate([np.repeat(poses[:1], r - 1, axis=0), poses])
-            groups = groups.reshape(-1, r, 4, 4)
+            clean = encode_keyframes(self.vae, keys)
+            groups = plan.latent_pose_groups(trajectory.matrices)
             refs = references or ChunkReferences.none(len(trajectory))
-            seq = self._sequence_parts(groups, refs, None, camera, poses[0], history=False)
+            seq = self._sequence(groups, refs, None, trajectory.matrices[0], history=False)
             seq.clean_targets = torch.as_tensor(plan.clean_latents)
-            noise = self._noise(plan.num_latents, camera)
+            noise = self.noise(plan.num_latents)
             noise[:, :, seq.clean_targets] = clean
-            latents = self._denoise(seq, noise)
+            latents = denoise(self.transformer, self.scheduler, seq, noise, self.settings)
             video = self.vae.decode(latents)
-        return _to_uint8(plan.drop_duplicates(video))
+        return to_uint8(plan.drop_duplicates(video))
 
-    @property
-    def text_encoder(self) -> TextEncoder:
-        """The text encoder (loaded on first use)."""
-        if self._text_encoder is None:
-            self._text_encoder = make_text_encoder(**self._text_spec).to(self.device)
-        return self._text_encoder
+    # --- the chunk's parts (public for tests, analysis and training code) ----------------------
+    def warp(
+        self, trajectory: Trajectory, references: ChunkReferences
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each frame's nearest reference forward-splatted into it: warps uint8 ``(L, H, W, 3)``
+        and masks bool ``(L, H, W)`` (zeros / false where nothing landed).
+
+        Raises:
+            ShapeMismatchError: If ``references.per_frame`` does not have one entry per pose.
+        """
+        camera = self._require_camera()
+        prepared = self.referencer.prepare_chunk(references, len(trajectory), camera)
+        return self.referencer.warp_nearest(prepared, trajectory.matrices, camera)
+
+    def condition(
+        self,
+        trajectory: Trajectory,
+        references: ChunkReferences,
+        *,
+        warps: np.ndarray | None = None,
+        masks: np.ndarray | None = None,
+    ) -> ChunkSequence:
+        """The next chunk's conditions (what :meth:`generate` samples from), after :meth:`reset`.
+
+        Args:
+            trajectory: The chunk's ``L`` poses.
+            references: Its references (the first ``max_references`` and, with ``use_sink``, the
+                sink are encoded; the warp is used when there is a reference).
+            warps: :meth:`warp`'s output, if already made (computed otherwise).
+            masks: Its masks.
+        """
+        self._require_camera()
+        matrices = trajectory.matrices
+        groups = matrices.reshape(-1, self.vae.temporal_ratio, 4, 4)
+        warp = None
+        if references.views:
+            if warps is None or masks is None:
+                warps, masks = self.warp(trajectory, references)
+            warp = self.conditioner.encode_warp(warps, masks)
+        return self._sequence(groups, references, warp, matrices[0], history=True)
+
+    def noise(self, num_latents: int) -> torch.Tensor:
+        """Initial noise ``(1, z, n, h, w)`` of ``n`` latents at the camera's size, from the
+        episode's generator (seeded by :meth:`reset`)."""
+        h, w = self.conditioner.latent_size(self._require_camera())
+        shape = (1, self.vae.latent_channels, num_latents, h, w)
+        return initial_noise(shape, self._generator, self.device, self._dtype)
 
     @property
     def num_parameters(self) -> int:
@@ -632,126 +552,30 @@ class DiffusionWorldModel(WorldModel):
         modules = (self.transformer, self.vae.vae)
         return sum(p.numel() for m in modules for p in m.parameters())
 
-    # --- conditioning ---------------------------------------------------------------------------
+    # --- helpers --------------------------------------------------------------------------------
     def _sequence(
-        self,
-        trajectory: Trajectory,
-        references: ChunkReferences,
-        warped: ChunkOutput,
-        camera: PinholeCamera,
-    ) -> ChunkSequence:
-        matrices = trajectory.matrices
-        groups = matrices.reshape(-1, self.vae.temporal_ratio, 4, 4)
-        warp = None
-        if references.views and warped.warps is not None:
-            warp = self._encode_warp(warped.warps, warped.masks)
-        return self._sequence_parts(groups, references, warp, camera, matrices[0], history=True)
-
-    def _sequence_parts(
         self,
         target_poses: np.ndarray,
         references: ChunkReferences,
         warp: torch.Tensor | None,
-        camera: PinholeCamera,
         origin: np.ndarray,
         *,
         history: bool,
     ) -> ChunkSequence:
-        """Assemble a chunk's conditions; Plücker rays relative to the camera ``origin`` (4, 4)."""
-        z, (h, w), r = self.vae.latent_channels, self._latent_size(camera), self.vae.temporal_ratio
-        rays = _RayMaker(camera.rescaled(w, h), origin, r, self.device, self._dtype)
-        views = references.views[: self.settings.max_references]
-        keep = self.settings.history if history else 0
-        past = self._stream.latents[-keep:] if keep else []
-        past_poses = np.asarray(self._stream.poses[-keep:] if keep else []).reshape(-1, r, 4, 4)
-        empty = torch.zeros(1, z, 0, h, w, device=self.device, dtype=self._dtype)
-        sink = references.sink if self.settings.use_sink else None
-        return ChunkSequence(
-            history=torch.cat(past, dim=2) if past else empty,
-            history_rays=rays.groups(past_poses),
-            target_rays=rays.groups(target_poses),
+        """The conditioner's sequence with this model's history, settings and prompt."""
+        past, past_poses = self._stream.last(self.settings.history if history else 0)
+        return self.conditioner.sequence(
+            camera=self._require_camera(),
+            origin=origin,
+            target_poses=target_poses,
+            history=past,
+            history_poses=past_poses,
             warp=warp,
-            sink=None if sink is None else self._encode_reference(sink, camera),
-            sink_rays=None if sink is None else rays.views([sink]),
-            references=torch.cat([empty, *(self._encode_reference(v, camera) for v in views)], 2),
-            reference_rays=rays.views(views),
-            text=self._text_embedding(self.prompt),
+            references=references.views[: self.settings.max_references],
+            sink=references.sink if self.settings.use_sink else None,
+            prompt=self.prompt,
         )
 
-    def _encode_warp(self, warps: np.ndarray, masks: np.ndarray) -> torch.Tensor:
-        """Warped video uint8 ``(L, H, W, 3)`` + masks ``(L, H, W)`` -> ``(1, z + 1, n, h, w)``."""
-        latents = self.vae.encode_chunk(_to_video(warps, self.device, self._dtype))
-        mask = torch.from_numpy(masks).to(self.device, torch.float32)[None, None]
-        t, s = self.vae.temporal_ratio, self.vae.spatial_ratio
-        pooled = F.avg_pool3d(mask, (t, s, s)).to(self._dtype)  # (no bf16 pooling on CPU)
-        return torch.cat([latents, pooled], dim=1)
-
-    def _encode_reference(self, view: ReferenceView, camera: PinholeCamera) -> torch.Tensor:
-        """One reference image resized to the target size -> ``(1, z, 1, h, w)`` (cached; a hit
-        must be the very same view object, so databases whose view ids collide never mix)."""
-        key = (view.view_id, camera.width, camera.height)
-        hit = self._ref_cache.get(key)
-        if hit is not None and hit[0] is view:
-            self._ref_cache.move_to_end(key)
-            return hit[1]
-        image, _ = self._warper.reference_at_size(view, camera.width, camera.height)
-        latent = self.vae.encode(_to_video(image[None], self.device, self._dtype))
-        self._ref_cache[key] = (view, latent)
-        self._ref_cache.move_to_end(key)
-        while len(self._ref_cache) > self._ref_capacity:
-            self._ref_cache.popitem(last=False)
-        return latent
-
-    def _encode_keyframes(self, keys: torch.Tensor) -> torch.Tensor:
-        """Keyframes ``(1, 3, N, H, W)`` -> clean latents ``(1, z, N, h, w)``: the first as an
-        episode's first frame, the others each repeated 4 times (one latent each)."""
-        first = self.vae.encode(keys[:, :, :1])
-        rest = [
-            self.vae.encode_chunk(keys[:, :, i : i + 1].repeat(1, 1, 4, 1, 1))
-            for i in range(1, keys.shape[2])
-        ]
-        return torch.cat([first, *rest], dim=2)
-
-    def _text_embedding(self, prompt: str | None) -> torch.Tensor:
-        key = prompt or None
-        hit = self._text_cache.get(key)
-        if hit is None:
-            if key is None:
-                shape = (1, self._text_length, self.transformer.config.text_dim)
-                hit = torch.zeros(shape, device=self.device, dtype=self._dtype)
-            else:
-                hit = self.text_encoder.encode([key]).to(self.device, self._dtype)
-            self._text_cache = {k: v for k, v in self._text_cache.items() if k is None}
-            self._text_cache[key] = hit
-        return hit
-
-    # --- sampling -------------------------------------------------------------------------------
-    def _noise(self, n: int, camera: PinholeCamera) -> torch.Tensor:
-        h, w = self._latent_size(camera)
-        shape = (1, self.vae.latent_channels, n, h, w)
-        return torch.randn(shape, generator=self._generator).to(self.device, self._dtype)
-
-    def _denoise(self, seq: ChunkSequence, latents: torch.Tensor) -> torch.Tensor:
-        """Run the sampler from ``latents`` (noise, clean where ``seq.clean_targets``)."""
-        settings = self.settings
-        clean = None if seq.clean_targets is None else latents[:, :, seq.clean_targets].clone()
-        uncond = seq.drop(settings.guidance_drop) if settings.guidance_scale != 1.0 else None
-        self.scheduler.set_timesteps(settings.num_inference_steps, device=self.device)
-        for t in self.scheduler.timesteps:
-            velocity = self._velocity(seq, latents, t)
-            if uncond is not None:
-                base = self._velocity(uncond, latents, t)
-                velocity = base + settings.guidance_scale * (velocity - base)
-            latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
-            if clean is not None:
-                latents[:, :, seq.clean_targets] = clean
-        return latents
-
-    def _velocity(self, seq: ChunkSequence, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = self.transformer(**seq.inputs(latents, t, self.settings), return_dict=False)[0]
-        return out[:, :, seq.layout.target_slice]
-
-    # --- helpers --------------------------------------------------------------------------------
     @property
     def _dtype(self) -> torch.dtype:
         return self.transformer.dtype
@@ -761,17 +585,24 @@ class DiffusionWorldModel(WorldModel):
         return max(self.settings.history, 1)
 
     @property
-    def _text_length(self) -> int:
-        if self._text_encoder is not None:
-            return self._text_encoder.max_length
-        return int(self._text_spec.get("max_length") or 32)
-
-    def _latent_size(self, camera: PinholeCamera) -> tuple[int, int]:
+    def _frame_multiple(self) -> tuple[int, int]:
+        """Pixels a frame's height and width must be multiples of: VAE ratio times patch."""
+        _, p_h, p_w = self.transformer.config.patch_size
         s = self.vae.spatial_ratio
-        return camera.height // s, camera.width // s
+        return s * p_h, s * p_w
+
+    def _check_camera(self, camera: PinholeCamera) -> None:
+        m_h, m_w = self._frame_multiple
+        if camera.width % m_w or camera.height % m_h:
+            size = f"{m_w}" if m_h == m_w else f"{m_w} (width) and {m_h} (height)"
+            raise ShapeMismatchError(
+                f"the diffusion world model needs frame sizes that are multiples of {size} "
+                f"pixels, got {camera.width}x{camera.height}; use e.g. "
+                f"{camera.width // m_w * m_w or m_w}x{camera.height // m_h * m_h or m_h}."
+            )
 
     def _tokens_per_frame(self, camera: PinholeCamera) -> int:
-        h, w = self._latent_size(camera)
+        h, w = self.conditioner.latent_size(camera)
         _, p_h, p_w = self.transformer.config.patch_size
         return (h // p_h) * (w // p_w)
 
@@ -781,43 +612,29 @@ class DiffusionWorldModel(WorldModel):
         return self.camera
 
 
-class _RayMaker:
-    """Plücker rays ``(1, 6 r, F, h, w)`` of latent frames that each cover ``r`` video frames
-    (the VAE's temporal ratio), relative to the camera ``origin`` ``(4, 4)``."""
-
-    def __init__(
-        self,
-        camera: PinholeCamera,
-        origin: np.ndarray,
-        ratio: int,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> None:
-        self.camera, self.origin, self.ratio = camera, origin, int(ratio)
-        self.device, self.dtype = device, dtype
-
-    def groups(self, poses: np.ndarray, camera: PinholeCamera | None = None) -> torch.Tensor:
-        """Rays of latent frames seen through ``camera`` (the target's by default), each frame
-        covering ``r`` poses: ``poses`` ``(F, r, 4, 4)``."""
-        camera = camera or self.camera
-        f, channels = poses.shape[0], 6 * self.ratio
-        if f == 0:
-            shape = (1, channels, 0, camera.height, camera.width)
-            return torch.zeros(shape, device=self.device, dtype=self.dtype)
-        rays = plucker_rays(camera, poses.reshape(-1, 4, 4), self.origin)
-        rays = rays.reshape(f, channels, camera.height, camera.width)
-        return rays.permute(1, 0, 2, 3)[None].to(self.device, self.dtype)
-
-    def views(self, views: Sequence[ReferenceView]) -> torch.Tensor:
-        """Rays of reference views, each through its own intrinsics (rescaled to the latent grid,
-        as its image is resized to the frame) with its pose repeated over the ``r`` slots:
-        ``(1, 6 r, K, h, w)``."""
-        h, w = self.camera.height, self.camera.width
-        parts = [self.groups(np.zeros((0, self.ratio, 4, 4)))]
-        for v in views:
-            poses = np.repeat(v.pose.matrix[None, None], self.ratio, axis=1)
-            parts.append(self.groups(poses, v.camera.rescaled(w, h)))
-        return torch.cat(parts, dim=2)
+def _check_parts(transformer: CityDiT, vae: VideoVAE, settings: SamplingSettings) -> None:
+    """Raise if the transformer, the VAE and the settings do not fit together."""
+    cfg, z, r = transformer.config, vae.latent_channels, vae.temporal_ratio
+    warp = z if cfg.warp_channels is None else cfg.warp_channels
+    wanted = {
+        "latent_channels": (cfg.latent_channels, z),
+        "warp_channels": (warp, z),
+        "mask_channels": (cfg.mask_channels, 1),
+        "plucker_channels": (cfg.plucker_channels, PLUCKER_CHANNELS * r),
+    }
+    wrong = {k: v for k, v in wanted.items() if v[0] != v[1]}
+    if wrong:
+        raise ShapeMismatchError(
+            "the transformer does not fit the VAE (z_dim = "
+            f"{z}, temporal ratio {r}): "
+            + ", ".join(f"{k} is {got}, expected {want}" for k, (got, want) in wrong.items())
+            + "; build the transformer from the same preset as the VAE."
+        )
+    if settings.chunk_frames % r:
+        raise InvalidOptionError(
+            f"SamplingSettings: chunk_frames must be a multiple of the VAE's temporal ratio {r}, "
+            f"got {settings.chunk_frames}."
+        )
 
 
 def _num_latents(num_frames: int, ratio: int) -> int:
@@ -830,46 +647,6 @@ def _num_latents(num_frames: int, ratio: int) -> int:
     return num_frames // ratio
 
 
-def _check_camera(camera: PinholeCamera, multiple: int) -> None:
-    if camera.width % multiple or camera.height % multiple:
-        raise ShapeMismatchError(
-            f"the diffusion world model needs frame sizes that are multiples of {multiple} "
-            f"pixels, got {camera.width}x{camera.height}; use e.g. "
-            f"{camera.width // multiple * multiple or multiple}x"
-            f"{camera.height // multiple * multiple or multiple}."
-        )
-
-
-def _to_video(frames: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 ``(T, H, W, 3)`` -> float ``(1, 3, T, H, W)`` in [-1, 1]."""
-    video = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
-    return (video.permute(3, 0, 1, 2)[None].to(dtype) / 127.5 - 1.0).contiguous()
-
-
-def _to_uint8(video: torch.Tensor) -> np.ndarray:
-    """float ``(1, 3, T, H, W)`` in [-1, 1] -> uint8 ``(T, H, W, 3)``."""
-    v = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return v.permute(1, 2, 3, 0).cpu().numpy()
-
-
 def _dtype(torch_dtype: torch.dtype | str | None) -> torch.dtype | None:
     """A dtype given as a name (``"bfloat16"``, from a YAML or Hydra config) as a torch dtype."""
     return None if torch_dtype is None else as_dtype(torch_dtype)
-
-
-def _text_spec_of(encoder: TextEncoder) -> dict[str, Any]:
-    """The :func:`make_text_encoder` arguments that load ``encoder`` again."""
-    if isinstance(encoder, MiniLMTextEncoder):  # the packaged model: no machine-specific path
-        return {"kind": "minilm", "path": None, "max_length": encoder.max_length}
-    return {"kind": "umt5", "path": str(encoder.path), "max_length": encoder.max_length}
-
-
-def _refuse_pickles(path: Path) -> None:
-    pickled = sorted(p for p in path.rglob("*") if p.suffix in PICKLED_WEIGHT_SUFFIXES)
-    if pickled:
-        raise CheckpointError(
-            f"{path} holds pickled weights ({', '.join(str(p.name) for p in pickled[:3])}); "
-            "pickles can run code when loaded, so cityenv loads safetensors only. Convert them "
-            "(e.g. load with torch.load(weights_only=True) and save_pretrained(..., "
-            "safe_serialization=True)) and remove the pickled files."
-        )

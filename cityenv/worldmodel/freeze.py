@@ -1,29 +1,31 @@
 """Intermittent freeze-frame layout (SWM): N keyframes placed in a T-frame video for a causal VAE.
 
-The causal video VAE encodes the first frame alone into latent 0 and every later group of 4 frames
-(``temporal_ratio``) into one latent. To condition generation on clean keyframes at given output
-times, each keyframe must own whole latents:
+The causal video VAE encodes the first frame alone into latent 0 and every later group of
+``r = temporal_ratio`` frames (the VAE's, read from its config: 4 for Wan's) into one latent. To
+condition generation on clean keyframes at given output times, each keyframe must own whole
+latents:
 
 * keyframe 0 is at ``t = 0`` and is latent 0 (a lone frame);
-* every other keyframe is *frozen*: repeated 4 times so that it fills one whole 4-frame group,
+* every other keyframe is *frozen*: repeated ``r`` times so that it fills one whole group,
   i.e. exactly one clean latent;
-* the other (generated) frames fill ordinary 4-frame groups.
+* the other (generated) frames fill ordinary ``r``-frame groups.
 
 The VAE therefore sees an *expanded* video, longer than the output: after decoding, each frozen
 group keeps one frame (its last, the one whose causal context has seen the keyframe longest) and
 its duplicates are dropped. Hence the generated frames between two keyframes, and after the last,
 must come in whole groups: ``key_times[i] - key_times[i - 1] - 1`` and
-``num_frames - 1 - key_times[-1]`` must be multiples of 4.
+``num_frames - 1 - key_times[-1]`` must be multiples of ``r``.
 
-Worked example (ratio 4): ``key_times = [0, 5, 10]``, ``num_frames = 15``. Latents: 0 = key 0
-(frame 0), 1 = frames 1-4, 2 = key 1 (x4), 3 = frames 6-9, 4 = key 2 (x4), 5 = frames 11-14;
-``key_latents = [0, 2, 4]``, ``num_latents = 6``, ``expanded_length = 21``.
+Worked example (``r = 4``, Wan's VAE): ``key_times = [0, 5, 10]``, ``num_frames = 15``.
+Latents: 0 = key 0 (frame 0), 1 = frames 1-4, 2 = key 1 (x4), 3 = frames 6-9, 4 = key 2 (x4),
+5 = frames 11-14; ``key_latents = [0, 2, 4]``, ``num_latents = 6``, ``expanded_length = 21``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,7 +33,10 @@ from torch import Tensor
 
 from cityenv.errors import ShapeMismatchError
 
-__all__ = ["FreezeFramePlan", "plan_freeze_frames"]
+if TYPE_CHECKING:
+    from cityenv.worldmodel.vae import VideoVAE
+
+__all__ = ["FreezeFramePlan", "encode_keyframes", "plan_freeze_frames"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,11 +48,11 @@ class FreezeFramePlan:
         key_times: int ``(N,)``: output frame index of each keyframe, ``key_times[0] == 0``.
         key_latents: int ``(N,)``: latent index holding each keyframe.
         num_latents: Latents of the expanded video.
-        expanded_length: Frames fed to / returned by the VAE, ``1 + 4 * (num_latents - 1)``.
+        expanded_length: Frames fed to / returned by the VAE, ``1 + r * (num_latents - 1)``.
         keep: bool ``(expanded_length,)``: the expanded frames kept after decoding (``T`` of them).
         expanded_times: int ``(expanded_length,)``: output frame index each expanded frame shows
-            (a frozen keyframe's 4 copies all show its key time).
-        temporal_ratio: Frames per latent after the first (the VAE's, 4).
+            (a frozen keyframe's ``r`` copies all show its key time).
+        temporal_ratio: ``r``, frames per latent after the first (the VAE's).
     """
 
     num_frames: int
@@ -57,7 +62,7 @@ class FreezeFramePlan:
     expanded_length: int
     keep: np.ndarray
     expanded_times: np.ndarray
-    temporal_ratio: int = 4
+    temporal_ratio: int
 
     @property
     def num_keyframes(self) -> int:
@@ -70,6 +75,20 @@ class FreezeFramePlan:
         clean = np.zeros(self.num_latents, bool)
         clean[self.key_latents] = True
         return clean
+
+    def latent_pose_groups(self, matrices: np.ndarray) -> np.ndarray:
+        """Camera-to-world poses of the frames each latent covers, for its Plücker rays.
+
+        Args:
+            matrices: The ``T`` output frames' poses ``(T, 4, 4)``.
+
+        Returns:
+            ``(num_latents, r, 4, 4)``: latent 0 holds frame 0 alone, so its pose fills its group.
+        """
+        poses = np.asarray(matrices)[self.expanded_times]  # (expanded_length, 4, 4)
+        r = self.temporal_ratio
+        groups = np.concatenate([np.repeat(poses[:1], r - 1, axis=0), poses])
+        return groups.reshape(-1, r, 4, 4)
 
     def expand(self, keyframes: Tensor, fill: Tensor | None = None) -> Tensor:
         """Lay keyframes (and optionally generated frames) out as the VAE's expanded video.
@@ -149,15 +168,31 @@ def _nearest_valid(value: int, base: int, ratio: int) -> list[int]:
     return [below] if below > value else [below, below + ratio]
 
 
+def encode_keyframes(vae: VideoVAE, keyframes: Tensor) -> Tensor:
+    """Keyframes ``(1, 3, N, H, W)`` in [-1, 1] -> their clean latents ``(1, z, N, h, w)``.
+
+    The first is encoded as a video's first frame (latent 0), every other one repeated
+    ``vae.temporal_ratio`` times as a continuation chunk, so each owns exactly one latent (the
+    plan's frozen groups).
+    """
+    r = vae.temporal_ratio
+    first = vae.encode(keyframes[:, :, :1])
+    rest = [
+        vae.encode_chunk(keyframes[:, :, i : i + 1].repeat(1, 1, r, 1, 1))
+        for i in range(1, keyframes.shape[2])
+    ]
+    return torch.cat([first, *rest], dim=2)
+
+
 def plan_freeze_frames(
-    key_times: Sequence[int], num_frames: int, *, temporal_ratio: int = 4
+    key_times: Sequence[int], num_frames: int, *, temporal_ratio: int
 ) -> FreezeFramePlan:
     """Plan the freeze-frame layout of ``N`` keyframes in a ``T``-frame video.
 
     Args:
         key_times: ``(N,)`` strictly increasing output frame indices, the first 0.
         num_frames: ``T``, the output length.
-        temporal_ratio: The VAE's frames per latent (``VideoVAE.temporal_ratio``).
+        temporal_ratio: The VAE's frames per latent (``VideoVAE.temporal_ratio``: 4 for Wan's).
 
     Returns:
         The plan.

@@ -2,7 +2,7 @@
 
 A clean chunk ``x0`` (target latents) is mixed with noise at a sampled level ``sigma``:
 ``x_t = (1 - sigma) * x0 + sigma * noise``; the transformer, given the chunk's sequence
-(:class:`~cityenv.worldmodel.diffusion.ChunkSequence`) at timestep ``t = 1000 * sigma``,
+(:class:`~cityenv.worldmodel.conditioning.ChunkSequence`) at timestep ``t = 1000 * sigma``,
 predicts the velocity ``noise - x0``, which is what
 :class:`diffusers.FlowMatchEulerDiscreteScheduler` integrates at sampling time. Text, references
 (with the sink) and the warp are dropped independently per sample (CityRAG drops each geo
@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from cityenv.errors import UnknownNameError
-from cityenv.worldmodel.diffusion import CONDITIONS, ChunkSequence, RolloutSettings
+from cityenv.worldmodel.conditioning import ChunkSequence
 from cityenv.worldmodel.dit import CityDiT
+from cityenv.worldmodel.settings import CONDITIONS, SamplingSettings
 
 __all__ = ["DEFAULT_DROP_RATES", "flow_matching_loss", "sample_drops", "sample_timestep"]
 
@@ -61,7 +62,7 @@ def flow_matching_loss(
     *,
     timestep: float,
     noise: torch.Tensor,
-    settings: RolloutSettings,
+    settings: SamplingSettings,
 ) -> torch.Tensor:
     """Mean squared error of the predicted velocity on the target latents of one chunk.
 

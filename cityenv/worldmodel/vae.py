@@ -19,7 +19,6 @@ and frozen (``requires_grad_(False)``); gradient mode is the caller's (wrap call
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +33,7 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import (
 )
 from torch import Tensor
 
-from cityenv.errors import CheckpointError, ShapeMismatchError, UnknownNameError
+from cityenv.errors import CheckpointError, ShapeMismatchError, unknown_name
 
 __all__ = ["PICKLED_WEIGHT_SUFFIXES", "StreamingDecoder", "VideoVAE"]
 
@@ -118,10 +117,8 @@ class VideoVAE:
         known = set(inspect.signature(AutoencoderKLWan.__init__).parameters) - {"self"}
         for key in config:
             if not key.startswith("_") and key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise UnknownNameError(
-                    f"unknown VAE config key {key!r}; {hint}known keys: {', '.join(sorted(known))}"
+                raise unknown_name(
+                    "VAE config key", key, known, advice="Fix the preset's vae group."
                 )
         return cls(AutoencoderKLWan.from_config(dict(config)))
 

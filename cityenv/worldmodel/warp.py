@@ -20,8 +20,7 @@ deterministic: no randomness, the same inputs give byte-identical frames.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,95 +30,31 @@ import numpy as np
 from cityenv.errors import CityEnvError, ShapeMismatchError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
-from cityenv.geometry.splat import forward_splat
-from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, ReferenceView, WorldModel
+from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, WorldModel
+from cityenv.worldmodel.options import WarpOptions
+from cityenv.worldmodel.referencing import (
+    SKY_DEPTH_M,
+    PreparedChunk,
+    PreparedReference,
+    Referencer,
+    ReferenceView,
+)
 
-__all__ = ["SKY_DEPTH_M", "WarpWorldModel", "neutral_frame", "push_pull_fill"]
-
-SKY_DEPTH_M = 1.0e5
-"""Depth (metres) given to reference pixels without depth: far enough that a few metres of camera
-travel move them by well under a pixel (sky at infinity), and behind every real surface."""
+__all__ = [
+    "SKY_DEPTH_M",
+    "WarpOptions",
+    "WarpWorldModel",
+    "first_frame",
+    "neutral_frame",
+    "push_pull_fill",
+    "warp_chunk",
+]
 
 _SKY_ZENITH = np.array([118.0, 148.0, 192.0], np.float32)  # neutral frame colours, RGB
 _SKY_HORIZON = np.array([196.0, 204.0, 212.0], np.float32)
 _GROUND_NEAR = np.array([92.0, 92.0, 90.0], np.float32)
 _GROUND_FAR = np.array([150.0, 150.0, 146.0], np.float32)
 _ERODE_KERNEL = np.ones((5, 5), np.uint8)
-
-
-# --- reference preparation ----------------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class _Prepared:
-    """A reference resized to the target frames' size, ready to splat.
-
-    Attributes:
-        view: The reference it was made from (kept to check cache hits by identity).
-        image: RGB uint8 ``(H, W, 3)`` at the target size.
-        depth: float32 ``(H, W)``, pixels without depth set to :data:`SKY_DEPTH_M`.
-        camera: The reference's intrinsics rescaled to ``(H, W)``.
-        matrix: Camera-to-world, float64 ``(4, 4)``.
-    """
-
-    view: ReferenceView
-    image: np.ndarray
-    depth: np.ndarray
-    camera: PinholeCamera
-    matrix: np.ndarray
-
-
-def _prepare(view: ReferenceView, width: int, height: int) -> _Prepared:
-    """Resize ``view`` to ``(height, width)`` (area for colour, nearest for depth), sky at infinity.
-
-    Raises:
-        ShapeMismatchError: If the image or depth do not match the view's camera.
-    """
-    view.camera.check_image(view.image, "reference image")
-    view.camera.check_image(view.depth, "reference depth")
-    image, depth = view.image, np.asarray(view.depth, np.float32)
-    if (view.camera.width, view.camera.height) != (width, height):
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-        depth = cv2.resize(depth, (width, height), interpolation=cv2.INTER_NEAREST)
-    depth = np.where(depth > 0, depth, np.float32(SKY_DEPTH_M)).astype(np.float32, copy=False)
-    return _Prepared(
-        view=view,
-        image=np.ascontiguousarray(image[..., :3], np.uint8),
-        depth=depth,
-        camera=view.camera.rescaled(width, height),
-        matrix=view.pose.matrix,
-    )
-
-
-class _PreparedCache:
-    """Least-recently-used prepared references, keyed by ``(view_id, W, H)``.
-
-    A hit must be the very same :class:`ReferenceView` object, so two databases whose view ids
-    collide never share an entry.
-
-    Args:
-        capacity: Number of prepared references kept (about 450 KiB each at 256x256).
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = int(capacity)
-        self._items: OrderedDict[tuple[int, int, int], _Prepared] = OrderedDict()
-
-    def get(self, view: ReferenceView, width: int, height: int) -> _Prepared:
-        """The prepared form of ``view`` at ``(height, width)``."""
-        key = (int(view.view_id), int(width), int(height))
-        hit = self._items.get(key)
-        if hit is not None and hit.view is view:
-            self._items.move_to_end(key)
-            return hit
-        prepared = _prepare(view, width, height)
-        self._items[key] = prepared
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-        return prepared
-
-    def clear(self) -> None:
-        """Drop every entry."""
-        self._items.clear()
 
 
 # --- filling ------------------------------------------------------------------------------------
@@ -211,6 +146,135 @@ def _large_hole_pixels(holes: np.ndarray) -> int:
     return int(cv2.countNonZero(cv2.erode(holes.view(np.uint8), _ERODE_KERNEL)))
 
 
+# --- the steps, as functions of a referencer ----------------------------------------------------
+def warp_chunk(
+    referencer: Referencer,
+    trajectory: Trajectory,
+    references: ChunkReferences,
+    camera: PinholeCamera,
+    *,
+    max_extra_references: int = 1,
+    hole_threshold: float = 0.02,
+) -> ChunkOutput:
+    """The warp baseline's frames of one chunk (see the module docstring for the three steps).
+
+    Args:
+        referencer: Prepares and splats the references (its cache is reused across chunks).
+        trajectory: The chunk's ``L`` camera-to-world poses (ENU); timestamps are not used.
+        references: The chunk's loaded references (possibly none), ``per_frame`` ``(L,)``.
+        camera: The frames' intrinsics, image ``(H, W)``.
+        max_extra_references: See :class:`WarpWorldModel`.
+        hole_threshold: See :class:`WarpWorldModel`.
+
+    Returns:
+        See :meth:`WarpWorldModel.generate`.
+
+    Raises:
+        ShapeMismatchError: If ``references.per_frame`` does not have one entry per pose.
+    """
+    start = time.perf_counter()
+    prepared = referencer.prepare_chunk(references, len(trajectory), camera)
+    plans = [prepared.frame_order(i, 1 + max_extra_references) for i in range(len(trajectory))]
+    matrices = trajectory.matrices
+    chunk = _Chunk.empty(len(trajectory), camera)
+    splat_s = _splat_nearest(referencer, chunk, prepared, matrices, camera)
+    chunk.neutral(plans, trajectory, camera)
+    splat_s += _fill_from_references(
+        referencer, chunk, plans, matrices, camera, max_extra_references, hole_threshold
+    )
+    fill_start = time.perf_counter()
+    inpainted = chunk.inpaint(plans)
+    fill_s = time.perf_counter() - fill_start
+    info = chunk.info(plans, inpainted, splat_s, fill_s, time.perf_counter() - start)
+    return ChunkOutput(chunk.frames, chunk.warps, chunk.masks, references, info)
+
+
+def first_frame(
+    referencer: Referencer,
+    pose: Pose,
+    camera: PinholeCamera,
+    references: ChunkReferences,
+    start_image: np.ndarray | None = None,
+    **fill: Any,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """An episode's first frame: ``start_image`` resized to ``camera``, or else the references
+    warped into ``pose`` (:func:`warp_chunk` on a chunk of one frame, its ``per_frame`` the
+    first entry of ``references.per_frame``).
+
+    Args:
+        referencer: Prepares and splats the references.
+        pose: The first frame's camera-to-world pose.
+        camera: Its intrinsics.
+        references: References retrieved for it.
+        start_image: uint8 ``(h, w, 3)`` or ``None``.
+        **fill: ``max_extra_references`` / ``hole_threshold`` of :func:`warp_chunk`.
+
+    Returns:
+        ``(frame, info)``: uint8 ``(H, W, 3)`` and what was done (``source``: ``start_image`` or
+        ``references``, with :func:`warp_chunk`'s info in the latter case).
+
+    Raises:
+        ShapeMismatchError: If ``start_image`` is not an RGB uint8 ``(h, w, 3)`` image.
+    """
+    if start_image is not None:
+        return _fit_start_image(start_image, camera), {
+            "source": "start_image",
+            "references_used": 0,
+        }
+    first = ChunkReferences(
+        references.views, _first_per_frame(references.per_frame), references.sink
+    )
+    output = warp_chunk(referencer, Trajectory.from_poses([pose]), first, camera, **fill)
+    return output.frames[0], {"source": "references", **output.info}
+
+
+def _splat_nearest(
+    referencer: Referencer,
+    chunk: _Chunk,
+    prepared: PreparedChunk,
+    matrices: np.ndarray,
+    camera: PinholeCamera,
+) -> float:
+    """Splat each frame's nearest reference into ``chunk`` (warps, masks, frames); seconds."""
+    start = time.perf_counter()
+    chunk.warps, chunk.masks = referencer.warp_nearest(prepared, matrices, camera)
+    chunk.frames[:] = chunk.warps
+    chunk.filled[:] = chunk.masks
+    chunk.splatted.update(prepared.sources[i].view.view_id for i in prepared.nearest if i >= 0)
+    return time.perf_counter() - start
+
+
+def _fill_from_references(
+    referencer: Referencer,
+    chunk: _Chunk,
+    plans: list[list[PreparedReference]],
+    matrices: np.ndarray,
+    camera: PinholeCamera,
+    max_extra_references: int,
+    hole_threshold: float,
+) -> float:
+    """Splat further references into frames with large holes, one round per rank; seconds."""
+    start = time.perf_counter()
+    limit = hole_threshold * camera.width * camera.height
+    for rank in range(1, 1 + max_extra_references):
+        frames = [
+            i
+            for i, plan in enumerate(plans)
+            if len(plan) > rank and _large_hole_pixels(~chunk.filled[i]) > limit
+        ]
+        if not frames:
+            break
+        warped, valid = referencer.splat([plans[i][rank] for i in frames], matrices[frames], camera)
+        for j, i in enumerate(frames):
+            take = valid[j] & ~chunk.filled[i]
+            chunk.frames[i][take] = warped[j][take]
+            chunk.filled[i] |= take
+            chunk.from_references += int(take.sum())
+        chunk.extra_splats += len(frames)
+        chunk.splatted.update(plans[i][rank].view.view_id for i in frames)
+    return time.perf_counter() - start
+
+
 # --- the model ----------------------------------------------------------------------------------
 class WarpWorldModel(WorldModel):
     """Frames made by forward-splatting retrieved references; no learning, no randomness.
@@ -230,7 +294,10 @@ class WarpWorldModel(WorldModel):
             frame to fill its holes.
         hole_threshold: A frame gets another reference while more than this fraction of its
             pixels lies in holes wider than two pixels.
-        cache_size: Number of references kept resized for the target size.
+        cache_size: Number of references kept resized for the target size (when no
+            ``referencer`` is given).
+        referencer: The part that prepares and splats references (``None``: a new one with
+            ``cache_size`` entries).
     """
 
     def __init__(
@@ -239,19 +306,35 @@ class WarpWorldModel(WorldModel):
         max_extra_references: int = 1,
         hole_threshold: float = 0.02,
         cache_size: int = 64,
+        referencer: Referencer | None = None,
     ) -> None:
-        if max_extra_references < 0 or not 0.0 <= hole_threshold <= 1.0:
-            raise ValueError(
-                "max_extra_references must be >= 0 and hole_threshold in [0, 1], got "
-                f"{max_extra_references!r} and {hole_threshold!r}."
-            )
-        self.max_extra_references = int(max_extra_references)
-        self.hole_threshold = float(hole_threshold)
+        options = WarpOptions(max_extra_references, hole_threshold, cache_size)
+        self.max_extra_references = options.max_extra_references
+        self.hole_threshold = options.hole_threshold
+        self.referencer = referencer if referencer is not None else Referencer(options.cache_size)
         self.camera: PinholeCamera | None = None
         self.reset_info: dict[str, Any] = {}
-        self._cache = _PreparedCache(cache_size)
-        self._image_buffer = np.empty((0, 0, 0, 3), np.uint8)
-        self._depth_buffer = np.empty((0, 0, 0), np.float32)
+
+    @classmethod
+    def create(
+        cls, options: WarpOptions | Mapping[str, Any] | None = None, /, **kwargs: Any
+    ) -> WarpWorldModel:
+        """The environment's factory (``world_model="warp"``), from checked options.
+
+        Args:
+            options: A :class:`WarpOptions` or a mapping of its fields.
+            **kwargs: Its fields as keywords (instead of ``options``).
+
+        Raises:
+            UnknownOptionError: If a key is not an option (with "Did you mean").
+            InvalidOptionError: If a value has the wrong type or is out of range.
+        """
+        opts = WarpOptions.coerce(options, **kwargs)
+        return cls(
+            max_extra_references=opts.max_extra_references,
+            hole_threshold=opts.hole_threshold,
+            cache_size=opts.cache_size,
+        )
 
     # --- WorldModel API -------------------------------------------------------------------------
     def reset(
@@ -278,15 +361,10 @@ class WarpWorldModel(WorldModel):
         """
         self.camera = camera
         self.prompt = prompt
-        if start_image is not None:
-            self.reset_info = {"source": "start_image", "references_used": 0}
-            return _fit_start_image(start_image, camera)
-        first = ChunkReferences(
-            references.views, _first_per_frame(references.per_frame), references.sink
+        frame, self.reset_info = first_frame(
+            self.referencer, pose, camera, references, start_image, **self._fill
         )
-        output = self.generate(Trajectory.from_poses([pose]), first)
-        self.reset_info = {"source": "references", **output.info}
-        return output.frames[0]
+        return frame
 
     def generate(self, trajectory: Trajectory, references: ChunkReferences) -> ChunkOutput:
         """Generate the frames of one chunk; see :meth:`WorldModel.generate`.
@@ -311,18 +389,7 @@ class WarpWorldModel(WorldModel):
             ShapeMismatchError: If ``references.per_frame`` does not have one entry per pose.
         """
         camera = self._require_camera()
-        start = time.perf_counter()
-        plans = self._plan(references, len(trajectory), camera)
-        matrices = trajectory.matrices
-        chunk = _Chunk.empty(len(trajectory), camera)
-        splat_s = self._splat_nearest(chunk, plans, matrices, camera)
-        chunk.neutral(plans, trajectory, camera)
-        splat_s += self._fill_from_references(chunk, plans, matrices, camera)
-        fill_start = time.perf_counter()
-        inpainted = chunk.inpaint(plans)
-        fill_s = time.perf_counter() - fill_start
-        info = chunk.info(plans, inpainted, splat_s, fill_s, time.perf_counter() - start)
-        return ChunkOutput(chunk.frames, chunk.warps, chunk.masks, references, info)
+        return warp_chunk(self.referencer, trajectory, references, camera, **self._fill)
 
     # --- steps ----------------------------------------------------------------------------------
     def reference_at_size(
@@ -330,8 +397,15 @@ class WarpWorldModel(WorldModel):
     ) -> tuple[np.ndarray, PinholeCamera]:
         """``view``'s image resized to ``(height, width)``, uint8 ``(H, W, 3)``, and its
         intrinsics rescaled to match (from the same cache the splatting uses)."""
-        prepared = self._cache.get(view, width, height)
+        prepared = self.referencer.prepare(view, width, height)
         return prepared.image, prepared.camera
+
+    @property
+    def _fill(self) -> dict[str, Any]:
+        return {
+            "max_extra_references": self.max_extra_references,
+            "hole_threshold": self.hole_threshold,
+        }
 
     def _require_camera(self) -> PinholeCamera:
         if self.camera is None:
@@ -340,114 +414,6 @@ class WarpWorldModel(WorldModel):
                 "references=...) first."
             )
         return self.camera
-
-    def _plan(
-        self, references: ChunkReferences, length: int, camera: PinholeCamera
-    ) -> list[list[_Prepared]]:
-        """Per frame, the references to splat in order: nearest, next by rank, then the sink.
-
-        Raises:
-            ShapeMismatchError: If ``per_frame`` does not hold ``length`` entries.
-        """
-        per_frame = np.asarray(references.per_frame).reshape(-1)
-        if per_frame.shape[0] != length:
-            raise ShapeMismatchError(
-                f"references.per_frame must hold one reference index per pose ({length}), got "
-                f"{per_frame.shape[0]}; retrieve references for this trajectory chunk."
-            )
-        views = [self._cache.get(v, camera.width, camera.height) for v in references.views]
-        sink = references.sink
-        if sink is not None and all(v.view.view_id != sink.view_id for v in views):
-            views.append(self._cache.get(sink, camera.width, camera.height))
-        depth = 1 + self.max_extra_references
-        ranked = list(range(len(views)))
-        return [
-            _frame_order(ranked, int(p), len(references.views), views, depth) for p in per_frame
-        ]
-
-    def _splat_nearest(
-        self,
-        chunk: _Chunk,
-        plans: list[list[_Prepared]],
-        matrices: np.ndarray,
-        camera: PinholeCamera,
-    ) -> float:
-        """Splat each frame's first reference into ``chunk`` (warps, masks, frames); seconds."""
-        start = time.perf_counter()
-        frames = [i for i, plan in enumerate(plans) if plan]
-        if frames:
-            warped, valid = self._splat([plans[i][0] for i in frames], matrices[frames], camera)
-            chunk.warps[frames] = warped
-            chunk.masks[frames] = valid
-            chunk.frames[frames] = warped
-            chunk.filled[frames] = valid
-            chunk.splatted.update(plans[i][0].view.view_id for i in frames)
-        return time.perf_counter() - start
-
-    def _fill_from_references(
-        self,
-        chunk: _Chunk,
-        plans: list[list[_Prepared]],
-        matrices: np.ndarray,
-        camera: PinholeCamera,
-    ) -> float:
-        """Splat further references into frames with large holes, one round per rank; seconds."""
-        start = time.perf_counter()
-        limit = self.hole_threshold * camera.width * camera.height
-        for rank in range(1, 1 + self.max_extra_references):
-            frames = [
-                i
-                for i, plan in enumerate(plans)
-                if len(plan) > rank and _large_hole_pixels(~chunk.filled[i]) > limit
-            ]
-            if not frames:
-                break
-            warped, valid = self._splat([plans[i][rank] for i in frames], matrices[frames], camera)
-            for j, i in enumerate(frames):
-                take = valid[j] & ~chunk.filled[i]
-                chunk.frames[i][take] = warped[j][take]
-                chunk.filled[i] |= take
-                chunk.from_references += int(take.sum())
-            chunk.extra_splats += len(frames)
-            chunk.splatted.update(plans[i][rank].view.view_id for i in frames)
-        return time.perf_counter() - start
-
-    def _splat(
-        self, sources: list[_Prepared], matrices: np.ndarray, camera: PinholeCamera
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Forward-splat ``sources[i]`` into the frame at ``matrices[i]``, batched per intrinsics.
-
-        Args:
-            sources: ``n`` prepared references (the same one may repeat).
-            matrices: Target camera-to-world, float64 ``(n, 4, 4)``.
-            camera: Target intrinsics, image ``(H, W)``.
-
-        Returns:
-            ``(warped, valid)``: uint8 ``(n, H, W, 3)`` and bool ``(n, H, W)``.
-        """
-        warped = np.empty((len(sources), camera.height, camera.width, 3), np.uint8)
-        valid = np.empty((len(sources), camera.height, camera.width), bool)
-        groups: dict[PinholeCamera, list[int]] = {}
-        for i, source in enumerate(sources):
-            groups.setdefault(source.camera, []).append(i)
-        for src_camera, members in groups.items():
-            images, depths = self._stacked([sources[i] for i in members])
-            src = np.stack([sources[i].matrix for i in members])
-            out, hit = forward_splat(images, depths, src_camera, src, camera, matrices[members])
-            warped[members], valid[members] = out, hit
-        return warped, valid
-
-    def _stacked(self, sources: Sequence[_Prepared]) -> tuple[np.ndarray, np.ndarray]:
-        """Images ``(n, H, W, 3)`` and depths ``(n, H, W)`` of ``sources`` in reused buffers."""
-        n, (height, width) = len(sources), sources[0].depth.shape
-        if self._depth_buffer.shape[0] < n or self._depth_buffer.shape[1:] != (height, width):
-            self._image_buffer = np.empty((n, height, width, 3), np.uint8)
-            self._depth_buffer = np.empty((n, height, width), np.float32)
-        images, depths = self._image_buffer[:n], self._depth_buffer[:n]
-        for i, source in enumerate(sources):
-            images[i] = source.image
-            depths[i] = source.depth
-        return images, depths
 
 
 # --- per-chunk bookkeeping ----------------------------------------------------------------------
@@ -487,7 +453,7 @@ class _Chunk:
         )
 
     def neutral(
-        self, plans: list[list[_Prepared]], trajectory: Trajectory, camera: PinholeCamera
+        self, plans: list[list[PreparedReference]], trajectory: Trajectory, camera: PinholeCamera
     ) -> None:
         """Give frames without any reference the :func:`neutral_frame` of their pose."""
         for i, plan in enumerate(plans):
@@ -495,7 +461,7 @@ class _Chunk:
                 self.frames[i] = neutral_frame(camera, trajectory[i])
                 self.neutral_count += 1
 
-    def inpaint(self, plans: list[list[_Prepared]]) -> int:
+    def inpaint(self, plans: list[list[PreparedReference]]) -> int:
         """Push-pull fill what no reference filled in frames with references; pixels filled."""
         with_refs = np.flatnonzero([bool(p) for p in plans])
         if len(with_refs) == len(plans):
@@ -509,7 +475,7 @@ class _Chunk:
 
     def info(
         self,
-        plans: list[list[_Prepared]],
+        plans: list[list[PreparedReference]],
         inpainted: int,
         splat_s: float,
         fill_s: float,
@@ -534,19 +500,6 @@ class _Chunk:
 
 
 # --- small helpers ------------------------------------------------------------------------------
-def _frame_order(
-    ranked: list[int], nearest: int, num_views: int, views: list[_Prepared], depth: int
-) -> list[_Prepared]:
-    """A frame's references to splat: ``nearest`` (if a valid view index), then the rest by rank.
-
-    ``views`` holds the chunk's references in rank order followed by the sink (if it is not one of
-    them); a frame whose nearest index is ``-1`` starts from the best-ranked one.
-    """
-    first = nearest if 0 <= nearest < num_views else None
-    order = ([first] if first is not None else []) + [i for i in ranked if i != first]
-    return [views[i] for i in order[:depth]]
-
-
 def _first_per_frame(per_frame: np.ndarray) -> np.ndarray:
     """The first frame's entry of ``per_frame`` as an int64 ``(1,)`` (``-1`` if it is empty)."""
     flat = np.asarray(per_frame, np.int64).reshape(-1)

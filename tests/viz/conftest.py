@@ -12,7 +12,8 @@ from rerun.chunk import RrdReader
 
 from carla_tools.town import ProceduralTown
 from cityenv.geometry import PinholeCamera, Pose, Trajectory, forward_splat
-from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, ReferenceView
+from cityenv.worldmodel.base import ChunkOutput, ChunkReferences
+from cityenv.worldmodel.referencing import ReferenceView
 
 CAMERA = PinholeCamera.from_fov(64, 48, 90.0)
 REF_CAMERA = PinholeCamera.from_fov(48, 48, 90.0)

@@ -11,8 +11,11 @@ from carla_tools.town import ProceduralTown
 from cityenv.errors import CheckpointError, ShapeMismatchError, UnknownNameError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
-from cityenv.worldmodel.base import ChunkReferences, ReferenceView
+from cityenv.worldmodel.base import ChunkReferences
 from cityenv.worldmodel.diffusion import DiffusionWorldModel, load_preset
+from cityenv.worldmodel.freeze import encode_keyframes
+from cityenv.worldmodel.referencing import ReferenceView
+from cityenv.worldmodel.sampling import denoise, velocity
 
 CAMERA = PinholeCamera.from_fov(64, 64, 90.0)
 L = 8  # frames per chunk: 2 latents
@@ -123,13 +126,12 @@ def _sequence(model: DiffusionWorldModel, scene, references: ChunkReferences):
     model.reset(pose=start, camera=CAMERA, references=refs(views, 1), prompt="a flooded street")
     trajectory = chunk(start, 0)
     with torch.no_grad():
-        warped = model._warper.generate(trajectory, references)
-        return model._sequence(trajectory, references, warped, CAMERA)
+        return model.condition(trajectory, references)
 
 
 def _targets(model: DiffusionWorldModel, seq, latents: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return model._velocity(seq, latents, torch.tensor(600.0))
+        return velocity(model.transformer, seq, latents, torch.tensor(600.0), model.settings)
 
 
 def test_each_guidance_drop_removes_only_its_condition(model: DiffusionWorldModel, scene) -> None:
@@ -167,7 +169,7 @@ def test_guidance_runs_the_unconditional_branch(scene) -> None:
         wm.transformer.register_forward_hook(lambda *args, calls=calls: calls.append(1))
         outputs.append(rollout(wm, scene, chunks=1, prompt="golden sunset")[1])
         counts.append(len(calls))
-    steps = load_preset("tiny")["rollout"]["num_inference_steps"]
+    steps = load_preset("tiny")["sampling"]["num_inference_steps"]
     assert counts == [steps, 2 * steps]
     assert not np.array_equal(outputs[0], outputs[1])
 
@@ -192,16 +194,19 @@ def test_freeze_frame_interpolation_keeps_keyframe_latents(model: DiffusionWorld
         model.interpolate(keys[:, :32], [0, 5], trajectory)
     # the keyframe latents stay clean while the sampler runs around them
     with torch.no_grad():
-        clean = model._encode_keyframes(
-            torch.from_numpy(keys).permute(3, 0, 1, 2)[None] / 127.5 - 1
+        clean = encode_keyframes(
+            model.vae, torch.from_numpy(keys).permute(3, 0, 1, 2)[None] / 127.5 - 1
         )
-        seq = model._sequence_parts(
-            np.repeat(trajectory.matrices[:1, None], 4, 1).repeat(3, 0),
-            ChunkReferences.none(10),
-            None,
-            CAMERA,
-            trajectory.matrices[0],
-            history=False,
+        seq = model.conditioner.sequence(
+            camera=CAMERA,
+            origin=trajectory.matrices[0],
+            target_poses=np.repeat(trajectory.matrices[:1, None], 4, 1).repeat(3, 0),
+            history=None,
+            history_poses=np.zeros((0, 4, 4, 4)),
+            warp=None,
+            references=[],
+            sink=None,
+            prompt=None,
         )
         seq.clean_targets = torch.tensor([True, False, True])
         noise = torch.randn(1, 4, 3, 8, 8)
@@ -210,7 +215,7 @@ def test_freeze_frame_interpolation_keeps_keyframe_latents(model: DiffusionWorld
         hook = model.transformer.register_forward_pre_hook(
             lambda module, args, kwargs: steps.append(kwargs["timestep"].clone()), with_kwargs=True
         )
-        out = model._denoise(seq, noise.clone())
+        out = denoise(model.transformer, model.scheduler, seq, noise.clone(), model.settings)
         hook.remove()
     # the keyframe latents sit at t=0 in every pass, the others at the sampler's t
     assert len(steps) == model.settings.num_inference_steps
@@ -269,7 +274,7 @@ def test_a_loaded_text_encoder_is_recorded_by_kind(tmp_path) -> None:
         device="cpu",
     )
     loaded = DiffusionWorldModel.from_pretrained(wm.save_pretrained(tmp_path / "wm"))
-    assert loaded._text_spec == {"kind": "minilm", "path": None, "max_length": 16}
+    assert loaded.text_encoder.spec == {"kind": "minilm", "path": None, "max_length": 16}
 
 
 def test_shift_and_steps_are_configurable(scene) -> None:
@@ -325,3 +330,77 @@ def test_a_trained_model_warns_at_another_chunk_length(tmp_path, model: Diffusio
         loaded.check_settings(CAMERA, 12)  # the length it was set up for
     with pytest.warns(UserWarning, match="chunk_length=8 differs from the 12-frame chunks"):
         loaded.check_settings(CAMERA, 8)
+
+
+def test_each_model_owns_its_text_encoder(scene) -> None:
+    a = DiffusionWorldModel.from_preset("tiny", device="cpu")
+    b = DiffusionWorldModel.from_preset("tiny", device="cpu")
+    rollout(a, scene, chunks=1, prompt="golden sunset")  # loads a's encoder
+    before = rollout(b, scene, chunks=1, prompt="golden sunset")
+    assert a.text_encoder is not b.text_encoder
+    a.to(dtype=torch.float64)  # converting one model ...
+    a.text_encoder.to("meta")  # ... or moving its encoder to a device b is not on
+    assert a.transformer.proj_out.weight.dtype == torch.float64
+    assert b.text_encoder.device == torch.device("cpu")
+    assert {p.dtype for p in b.text_encoder.loaded.model.parameters()} == {torch.float32}
+    after = rollout(b, scene, chunks=1, prompt="golden sunset")  # ... leaves b as it was
+    for x, y in zip(before, after, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_folder_saved_before_the_rename_still_loads(tmp_path, model) -> None:
+    import json
+
+    folder = model.save_pretrained(tmp_path / "wm")
+    meta = json.loads((folder / "config.json").read_text())
+    assert set(meta) == {"_class_name", "sampling", "text_encoder"}
+    meta["rollout"] = meta.pop("sampling")  # the format written by earlier versions
+    (folder / "config.json").write_text(json.dumps(meta))
+    assert DiffusionWorldModel.from_pretrained(folder, device="cpu").settings == model.settings
+    del meta["rollout"]
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"lacks \['sampling'\]"):
+        DiffusionWorldModel.from_pretrained(folder)
+
+
+def test_parts_must_fit_together(model) -> None:
+    from cityenv.errors import InvalidOptionError
+    from cityenv.worldmodel.settings import SamplingSettings
+
+    small = DiffusionWorldModel.from_preset("small", device="cpu")
+    with pytest.raises(ShapeMismatchError, match="latent_channels is 16, expected 4"):
+        DiffusionWorldModel(
+            transformer=small.transformer,
+            vae=model.vae,
+            scheduler=model.scheduler,
+            text_encoder=model.text_encoder,
+            device="cpu",
+        )
+    with pytest.raises(InvalidOptionError, match="multiple of the VAE's temporal ratio 4, got 6"):
+        DiffusionWorldModel.from_preset("tiny", device="cpu", chunk_frames=6)
+    assert isinstance(model.settings, SamplingSettings)
+
+
+def test_warping_and_encoding_share_one_prepared_reference_cache(scene) -> None:
+    wm = DiffusionWorldModel.from_preset("tiny", device="cpu")
+    start, views = scene
+    wm.reset(pose=start, camera=CAMERA, references=refs(views, 1))
+    wm.generate(chunk(start, 0), refs(views))
+    assert len(wm.referencer.cache) == 2  # both views, prepared once at 64x64
+    assert len(wm.conditioner.latents) == 2  # and encoded once
+    hits = wm.referencer.cache.hits
+    wm.generate(chunk(start, 1), refs(views))
+    assert wm.referencer.cache.hits > hits and len(wm.referencer.cache) == 2
+
+
+def test_create_takes_typed_options(tmp_path, model) -> None:
+    from cityenv.errors import UnknownOptionError
+    from cityenv.worldmodel.options import DiffusionOptions
+
+    folder = model.save_pretrained(tmp_path / "wm")
+    wm = DiffusionWorldModel.create(DiffusionOptions(path=folder, device="cpu"))
+    assert wm.checkpoint == folder
+    loaded = DiffusionWorldModel.create(path=str(folder), device="cpu", num_inference_steps=1)
+    assert loaded.settings.num_inference_steps == 1
+    with pytest.raises(UnknownOptionError, match=r"Did you mean 'num_inference_steps'\?"):
+        DiffusionWorldModel.create(path=folder, num_inference_step=1)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from cityenv.errors import ShapeMismatchError
-from cityenv.worldmodel.diffusion import load_preset
 from cityenv.worldmodel.freeze import FreezeFramePlan, plan_freeze_frames
+from cityenv.worldmodel.presets import load_preset
 from cityenv.worldmodel.vae import VideoVAE
 
 TINY = load_preset("tiny")["vae"]  # the tests' VAE: configs/worldmodel/tiny.yaml
@@ -17,7 +17,7 @@ TINY = load_preset("tiny")["vae"]  # the tests' VAE: configs/worldmodel/tiny.yam
 def test_hand_worked_plan():
     # latents: 0 = key 0 (frame 0) | 1 = frames 1-4 | 2 = key 1 x4 | 3 = frames 6-9 | 4 = key 2 x4
     # | 5 = frames 11-14
-    plan = plan_freeze_frames([0, 5, 10], 15)
+    plan = plan_freeze_frames([0, 5, 10], 15, temporal_ratio=4)
     assert isinstance(plan, FreezeFramePlan)
     assert plan.num_frames == 15 and plan.num_keyframes == 3
     assert plan.key_times.tolist() == [0, 5, 10]
@@ -69,11 +69,11 @@ def test_more_plans(key_times, num_frames, ratio, key_latents, num_latents, keep
 )
 def test_bad_key_times(key_times, num_frames, match):
     with pytest.raises(ShapeMismatchError, match=match):
-        plan_freeze_frames(key_times, num_frames)
+        plan_freeze_frames(key_times, num_frames, temporal_ratio=4)
 
 
 def test_expand_and_drop_duplicates():
-    plan = plan_freeze_frames([0, 5, 10], 15)
+    plan = plan_freeze_frames([0, 5, 10], 15, temporal_ratio=4)
     keys = (100 + torch.arange(3.0)).view(1, 1, 3, 1, 1).expand(2, 3, 3, 4, 4)
     fill = torch.arange(15.0).view(1, 1, 15, 1, 1).expand(2, 3, 15, 4, 4)
     expanded = plan.expand(keys, fill)
@@ -88,7 +88,7 @@ def test_expand_and_drop_duplicates():
 
 
 def test_expand_and_drop_errors():
-    plan = plan_freeze_frames([0, 5], 10)
+    plan = plan_freeze_frames([0, 5], 10, temporal_ratio=4)
     with pytest.raises(ShapeMismatchError, match=r"keyframes: expected a \(B, C, 2, H, W\) .*got"):
         plan.expand(torch.zeros(1, 3, 3, 8, 8))
     with pytest.raises(ShapeMismatchError, match=r"fill: expected shape \(1, 3, 10, 8, 8\)"):
@@ -100,7 +100,8 @@ def test_expand_and_drop_errors():
 def test_repeated_keyframe_is_one_latent_and_decodes_at_its_time():
     torch.manual_seed(0)
     vae = VideoVAE.from_config(TINY)
-    plan = plan_freeze_frames([0, 5], 10)  # latents: key 0 | frames 1-4 | key 1 x4 | frames 6-9
+    # latents: key 0 | frames 1-4 | key 1 x4 | frames 6-9 (the ratio read from the VAE's config)
+    plan = plan_freeze_frames([0, 5], 10, temporal_ratio=vae.temporal_ratio)
     g = torch.Generator().manual_seed(1)
     keys = torch.rand(1, 3, 2, 16, 16, generator=g) * 2 - 1
     fill = torch.rand(1, 3, 10, 16, 16, generator=g) * 2 - 1

@@ -10,9 +10,10 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from cityenv.errors import UnknownNameError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
-from cityenv.worldmodel.base import ChunkReferences, ReferenceView
+from cityenv.worldmodel.base import ChunkReferences
 from cityenv.worldmodel.diffusion import DiffusionWorldModel
 from cityenv.worldmodel.objective import flow_matching_loss, sample_drops, sample_timestep
+from cityenv.worldmodel.referencing import ReferenceView
 
 CAMERA = PinholeCamera.from_fov(32, 32, 90.0)
 
@@ -82,7 +83,7 @@ def _chunk_sequence(model: DiffusionWorldModel):
         [Pose.from_heading([0.0, 0.5 * (i + 1), 1.6], 0.0) for i in range(4)], fps=10.0
     )
     with torch.no_grad():
-        return model._sequence(trajectory, refs, model._warper.generate(trajectory, refs), CAMERA)
+        return model.condition(trajectory, refs)
 
 
 def test_a_tiny_model_learns_a_chunk_through_every_condition() -> None:

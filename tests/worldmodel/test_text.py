@@ -11,10 +11,10 @@ import torch
 
 from cityenv.errors import UnknownNameError
 from cityenv.worldmodel.text import (
+    LazyTextEncoder,
     MiniLMTextEncoder,
     T5TextEncoder,
     TextEncoder,
-    clear_text_encoder_cache,
     make_text_encoder,
 )
 
@@ -103,8 +103,10 @@ def test_minilm_single_string_and_empty_batch(minilm):
         minilm.encode(["car", 3])
 
 
-def test_make_text_encoder_caches(minilm):
-    assert make_text_encoder("MiniLM") is minilm
+def test_make_text_encoder_gives_each_caller_its_own(minilm):
+    again = make_text_encoder("MiniLM")
+    assert again is not minilm and again.model is not minilm.model  # no process-wide cache
+    torch.testing.assert_close(again.encode(["car"]), minilm.encode(["car"]))
     short = make_text_encoder("minilm", max_length=8)
     assert short is not minilm
     assert short.encode([SENTENCES[0]]).shape == (1, 8, 384)
@@ -266,16 +268,36 @@ def test_t5_rejects_other_models(tmp_path):
 
 
 def test_unknown_kind_did_you_mean():
-    with pytest.raises(UnknownNameError, match="did you mean 'minilm'"):
+    with pytest.raises(UnknownNameError, match="got 'minilmm'. Did you mean 'minilm'"):
         make_text_encoder("minilmm")
-    with pytest.raises(UnknownNameError, match="did you mean 'umt5'"):
+    with pytest.raises(UnknownNameError, match="got 'umt4'. Did you mean 'umt5'"):
         make_text_encoder("umt4")
     with pytest.raises(ValueError, match="must be one of"):
         make_text_encoder("clip")
 
 
-def test_clear_cache(wan_folder):
+def test_moving_one_encoder_leaves_another_alone(wan_folder):
     a = make_text_encoder("umt5", wan_folder, max_length=4)
-    assert make_text_encoder("umt5", wan_folder, max_length=4) is a
-    clear_text_encoder_cache()
-    assert make_text_encoder("umt5", wan_folder, max_length=4) is not a
+    b = make_text_encoder("umt5", wan_folder, max_length=4)
+    before = b.encode(["a street"])
+    a.to(torch.float64)
+    a.to("meta")  # a device b is not on: nothing of b may follow
+    assert a.device == torch.device("meta")
+    assert b.device == torch.device("cpu")
+    assert {p.dtype for p in b.model.parameters()} == {torch.float32}
+    torch.testing.assert_close(b.encode(["a street"]), before)
+
+
+def test_lazy_encoder_loads_on_first_prompt_and_keeps_moves():
+    lazy = LazyTextEncoder({"kind": "minilm", "max_length": 8})
+    assert not lazy.is_loaded and lazy.max_length == 8
+    lazy.to(torch.float64)  # remembered, applied when loaded
+    assert lazy.device == torch.device("cpu") and not lazy.is_loaded
+    out = lazy.encode(["a rainy street"])
+    assert lazy.is_loaded and out.shape == (1, 8, 384) and out.dtype == torch.float32
+    assert {p.dtype for p in lazy.loaded.model.parameters()} == {torch.float64}
+    assert lazy.spec == {"kind": "minilm", "max_length": 8}
+    with pytest.raises(UnknownNameError, match="got 'minilmm'. Did you mean 'minilm'"):
+        LazyTextEncoder({"kind": "minilmm"})
+    with pytest.raises(ValueError, match=r"expected keys from .*got \['maxlength'\]"):
+        LazyTextEncoder({"kind": "minilm", "maxlength": 8})

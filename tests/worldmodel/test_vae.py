@@ -162,7 +162,7 @@ def test_decode_errors(vae, z, match):
 
 
 def test_from_config_rejects_unknown_keys():
-    with pytest.raises(UnknownNameError, match=r"'base_dimm'; did you mean 'base_dim'\?"):
+    with pytest.raises(UnknownNameError, match=r"got 'base_dimm'\. Did you mean 'base_dim'\?"):
         VideoVAE.from_config({**TINY, "base_dimm": 8})
     with pytest.raises(TypeError, match="wraps a diffusers AutoencoderKLWan"):
         VideoVAE(torch.nn.Linear(2, 2))

@@ -14,7 +14,8 @@ from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
 from cityenv.geometry.splat import forward_splat
 from cityenv.worldmodel import WarpWorldModel
-from cityenv.worldmodel.base import ChunkReferences, ReferenceView
+from cityenv.worldmodel.base import ChunkReferences
+from cityenv.worldmodel.referencing import ReferenceView
 from cityenv.worldmodel.warp import push_pull_fill
 
 CAMERA = PinholeCamera.from_fov(128, 128, 90.0)
