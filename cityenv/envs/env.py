@@ -47,7 +47,8 @@ from cityenv.envs.town import TownSpec
 from cityenv.errors import OutOfCoverageError, ShapeMismatchError, unknown_name
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
-from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, ReferenceLoader, WorldModel
+from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, WorldModel
+from cityenv.worldmodel.referencing import ReferenceLoader
 
 __all__ = ["CityWorldEnv", "StepRecord", "estimate_reference_height"]
 
@@ -92,7 +93,7 @@ class CityWorldEnv(gym.Env):
             callable returning one.
         world_model_options: Keyword arguments of the world model's constructor (for
             ``"diffusion"``: ``path`` of a saved model, or ``preset`` + ``seed`` for random
-            weights, ``device``, and :class:`~cityenv.worldmodel.diffusion.RolloutSettings`
+            weights, ``device``, and :class:`~cityenv.worldmodel.settings.SamplingSettings`
             overrides).
         width: Frame width, pixels.
         height: Frame height, pixels.
@@ -512,7 +513,7 @@ def _adapter(
 
 
 _WORLD_MODELS = {
-    "warp": "cityenv.worldmodel.warp:WarpWorldModel",
+    "warp": "cityenv.worldmodel.warp:WarpWorldModel.create",
     "diffusion": "cityenv.worldmodel.diffusion:DiffusionWorldModel.create",
 }
 

@@ -26,18 +26,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ChunkOutput", "ChunkReferences", "WorldModel"]
 
-# Moved to cityenv.worldmodel.referencing; still importable from here (PEP 562) for callers that
-# import them from base (cityenv.envs.env does).
-_MOVED = {"ReferenceLoader", "ReferenceView"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from cityenv.worldmodel import referencing
-
-        return getattr(referencing, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 @dataclass(eq=False)
 class ChunkReferences:

@@ -74,7 +74,7 @@ def check_option_keys(owner: str, given: Mapping[str, Any], known: Sequence[str]
 class SamplingSettings:
     """How the diffusion world model samples chunk after chunk (SWM's hyper-parameters).
 
-    Not to be confused with :class:`cityenv.rollout.RolloutSettings`, the settings of a rollout
+    Not to be confused with :class:`cityenv.rollout.RolloutConfig`, the settings of a rollout
     run. The chunk length must be a multiple of the model's VAE temporal ratio (checked by the
     model, which knows its VAE).
 
