@@ -299,7 +299,7 @@ def _run_items(
 ) -> None:
     """Render the pending items, write references to the CityDB, then the indices."""
     out = Path(settings.out)
-    store = ClipStoreWriter(out / "clips")
+    store = ClipStoreWriter(out / "clips", anchor=frame)
     store.clean()
     path = citydb_path(out, settings.shard, settings.num_shards)
     t0 = time.perf_counter()

@@ -38,6 +38,7 @@ from cityenv.citydb.clips import (
     store_marker,
 )
 from cityenv.errors import ClipStoreFormatError, ShapeMismatchError
+from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.pose import Trajectory
 
 __all__ = ["ClipStoreWriter"]
@@ -52,12 +53,13 @@ class ClipStoreWriter:
 
     Args:
         root: The store folder.
+        anchor: The city's ENU frame the poses are in (recorded in ``store.json``).
 
     Raises:
         ClipStoreFormatError: If the folder holds a store of another format or version.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], anchor: LocalFrame | None = None) -> None:
         self.root = Path(root)
         (self.root / CLIPS_DIR).mkdir(parents=True, exist_ok=True)
         (self.root / INDEX_DIR).mkdir(exist_ok=True)
@@ -70,7 +72,7 @@ class ClipStoreWriter:
                     f"{info}; write into a new folder."
                 )
         else:
-            _atomic_write(marker, store_marker())
+            _atomic_write(marker, store_marker(anchor))
 
     def clip_dir(self, clip_id: str) -> Path:
         """Folder of a clip (it exists only once the clip is complete)."""

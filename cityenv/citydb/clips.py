@@ -16,7 +16,7 @@ evaluation) need nothing from ``carla_tools``::
 
 Layout under the store root::
 
-    store.json                         {"format": "cityenv-clips", "version": 1}
+    store.json                         {"format": "cityenv-clips", "version": 1, "anchor": {...}}
     clips/<clip_id>/clip.json          the clip's index row
     clips/<clip_id>/frames.npz         rgb (F, H, W, 3) uint8, depth (F, H, W) float16 metres,
                                        dynamic (F, H, ceil(W / 8)) uint8 bit-packed along W
@@ -56,6 +56,7 @@ from cityenv.errors import (
     check_name,
 )
 from cityenv.geometry.camera import PinholeCamera
+from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.pose import Trajectory
 
 __all__ = [
@@ -286,9 +287,13 @@ class Clip:
 
 
 # --- encodings (the writer in carla_tools.generate.store uses these) ------------------------------
-def store_marker() -> str:
-    """Contents of ``store.json``."""
-    return json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION})
+def store_marker(anchor: LocalFrame | None = None) -> str:
+    """Contents of ``store.json``; ``anchor``, the city's ENU frame the poses are in, is recorded
+    when given (stores written without one read as ``ClipStore.anchor is None``)."""
+    marker: dict[str, Any] = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
+    if anchor is not None:
+        marker["anchor"] = {"lat": anchor.lat, "lon": anchor.lon, "height": anchor.height}
+    return json.dumps(marker)
 
 
 def index_part_name(shard: int, num_shards: int) -> str:
@@ -503,6 +508,8 @@ class ClipStore:
     Attributes:
         root: The store folder.
         split: The split the store was opened for, or None for all.
+        anchor: The city's ENU frame the poses are in (``None`` for a store written without
+            one); a CityDB used with the store must have the same anchor.
 
     Raises:
         ClipStoreNotFoundError: If ``root`` holds no ``store.json``.
@@ -515,7 +522,8 @@ class ClipStore:
     ) -> None:
         self.root = Path(root)
         self.split = None if split is None else check_name("split", split, SPLITS)
-        _check_marker(self.root)
+        marker = _check_marker(self.root)
+        self.anchor = _anchor(marker.get("anchor"), self.root)
         self._index: pa.Table | None = None
         self._headers: LRUCache[str, _Header] = LRUCache(cache_size)
 
@@ -712,7 +720,18 @@ class ClipStore:
         return np.unpackbits(bits, axis=-1, count=w).astype(bool)
 
 
-def _check_marker(root: Path) -> None:
+def _anchor(value: Any, root: Path) -> LocalFrame | None:
+    if value is None:
+        return None
+    try:
+        return LocalFrame(float(value["lat"]), float(value["lon"]), float(value["height"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ClipStoreFormatError(
+            f"expected store.json's anchor at {root} as {{lat, lon, height}}, got {value!r}."
+        ) from error
+
+
+def _check_marker(root: Path) -> dict[str, Any]:
     marker = root / STORE_FILE
     try:
         info = json.loads(marker.read_text())
@@ -731,6 +750,7 @@ def _check_marker(root: Path) -> None:
             f"expected a {FORMAT_NAME} v{FORMAT_VERSION} store at {root}, got {info}; "
             "regenerate it with this version of the generator."
         )
+    return info
 
 
 def _read_index(root: Path) -> pa.Table:

@@ -42,6 +42,7 @@ __all__ = [
     "TrainResult",
     "TrainTask",
     "Trainer",
+    "list_collate",
     "sample_seed",
 ]
 
@@ -108,6 +109,8 @@ class LoopSettings:
         log_every: Steps between TensorBoard scalars.
         validate_every: Steps between validation passes (0 = never).
         progress: Show a progress bar (rank 0).
+        stop_at: End this run at this step with a checkpoint (``None``: at ``steps``); the
+            schedule still spans ``steps``, and a resume continues (time-limited jobs).
     """
 
     steps: int = 100
@@ -128,6 +131,7 @@ class LoopSettings:
     log_every: int = 10
     validate_every: int = 0
     progress: bool = True
+    stop_at: int | None = None
 
 
 @dataclass
@@ -192,9 +196,11 @@ class _Seeded(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = dict(self.dataset[index])
+        seed = sample_seed(self.seed, self.epoch, index)
+        get_seeded = getattr(self.dataset, "get_seeded", None)  # draws its own choices from seed
+        sample = dict(get_seeded(index, seed) if get_seeded else self.dataset[index])
         sample["index"] = int(index)
-        sample["seed"] = sample_seed(self.seed, self.epoch, index)
+        sample["seed"] = seed
         return sample
 
 
@@ -295,7 +301,8 @@ class Trainer:
         bar = self._progress()
         batches = self._batches()
         last_ckpt: Path | None = None
-        while self.step < s.steps:
+        end = s.steps if s.stop_at is None else min(s.steps, int(s.stop_at))
+        while self.step < end:
             t0 = time.perf_counter()
             loss, grad_norm, ids = self._optimizer_step(batches)
             if not math.isfinite(loss):
@@ -310,7 +317,7 @@ class Trainer:
             self._log(loss, grad_norm, time.perf_counter() - t0, bar)
             if s.validate_every and self.step % s.validate_every == 0:
                 self._validate()
-            if self.step % s.checkpoint_every == 0 or self.step == s.steps:
+            if self.step % s.checkpoint_every == 0 or self.step == end:
                 last_ckpt = self.save()
         if bar is not None:
             bar.close()
@@ -339,7 +346,7 @@ class Trainer:
         total, ids = 0.0, []
         for micro in range(s.grad_accum):
             batch = next(batches)
-            ids.extend(int(i) for i in batch["index"])
+            ids.extend(_sample_ids(batch))
             sync = micro == s.grad_accum - 1
             with self._no_sync(not sync), self._autocast():
                 loss = self.task.loss(self.module, batch) / s.grad_accum
@@ -417,6 +424,18 @@ class Trainer:
         if self.backend.is_main:
             self.validate(self.step, weights, self.writer())
         self.backend.barrier()
+
+
+def _sample_ids(batch: Any) -> list[int]:
+    """The dataset indices of a batch (a collated mapping or a list of samples)."""
+    if isinstance(batch, Mapping):
+        return [int(i) for i in batch["index"]]
+    return [int(sample["index"]) for sample in batch]
+
+
+def list_collate(samples: list[Any]) -> list[Any]:
+    """A batch as the list of its samples (for samples of different shapes)."""
+    return list(samples)
 
 
 @contextlib.contextmanager

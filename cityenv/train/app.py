@@ -1,0 +1,133 @@
+"""The training run: a typed config in, the library's parts wired together, a run folder out."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from cityenv.errors import ConfigError
+from cityenv.train.config import TrainConfig, check_config
+from cityenv.train.data import PairSettings, TrainPairs
+from cityenv.train.loop import LoopSettings, Trainer, TrainResult, list_collate
+from cityenv.train.parallel import ParallelBackend
+from cityenv.train.tasks import ObjectiveSettings, TransformerTask, VAETask
+from cityenv.worldmodel.diffusion import DiffusionWorldModel
+
+__all__ = ["build_data", "build_model", "run"]
+
+log = logging.getLogger("cityenv.train")
+
+
+def build_model(cfg: TrainConfig, backend: ParallelBackend) -> DiffusionWorldModel:
+    """The world model to train: ``init_from`` (a saved world model or a Wan folder) or a preset.
+
+    Raises:
+        ConfigError: If ``init_from`` is neither.
+    """
+    m, device = cfg.model, backend.device
+    sampling = dict(m.sampling)
+    if m.init_from is None:
+        return DiffusionWorldModel.from_preset(m.preset, seed=m.seed, device=device, **sampling)
+    path = Path(m.init_from).expanduser()
+    if (path / "config.json").is_file():
+        return DiffusionWorldModel.from_pretrained(path, device=device, **sampling)
+    if (path / "transformer").is_dir() and (path / "vae").is_dir():
+        return DiffusionWorldModel.from_wan(path, preset=m.preset, device=device, **sampling)
+    raise ConfigError(
+        f"model.init_from expected a world-model folder (config.json, written by "
+        f"save_pretrained or by a training checkpoint's world_model/) or a local Wan diffusers "
+        f"folder (transformer/ and vae/), got {str(path)!r}"
+        + ("" if path.exists() else ", which does not exist")
+        + "."
+    )
+
+
+def build_data(cfg: TrainConfig, model: DiffusionWorldModel) -> TrainPairs:
+    """The training pairs for ``model``'s chunk length, history and references."""
+    d, s = cfg.data, model.settings
+    root = Path(d.root) if d.root else None
+    citydb = Path(d.citydb) if d.citydb else root / "citydb"
+    clips = Path(d.clips) if d.clips else root / "clips"
+    settings = PairSettings(
+        chunk_frames=s.chunk_frames,
+        history_frames=s.history * model.vae.temporal_ratio,
+        num_references=s.max_references if d.num_references is None else d.num_references,
+        sink_offsets=(int(d.sink_offsets[0]), int(d.sink_offsets[1])),
+        stride=d.stride,
+        cross_temporal=d.cross_temporal,
+        time_window_s=d.time_window_s,
+    )
+    size = (int(d.size[0]), int(d.size[1])) if d.size else None
+    return TrainPairs(citydb, clips, settings, size=size)
+
+
+def _task(cfg: TrainConfig, model: DiffusionWorldModel) -> TransformerTask | VAETask:
+    o = cfg.objective
+    if cfg.stage == "vae":
+        return VAETask(model, kl_weight=o.kl_weight)
+    drops = {"text": o.drop_text, "references": o.drop_references, "warp": o.drop_warp}
+    objective = ObjectiveSettings(drops, o.timestep_shift, o.gradient_checkpointing)
+    return TransformerTask(model, objective)
+
+
+def _loop_settings(cfg: TrainConfig) -> LoopSettings:
+    o = cfg.optim
+    return LoopSettings(
+        steps=o.steps,
+        batch_size=o.batch_size,
+        grad_accum=o.grad_accum,
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        betas=(float(o.betas[0]), float(o.betas[1])),
+        warmup_steps=o.warmup_steps,
+        schedule=o.schedule,
+        grad_clip=o.grad_clip,
+        ema_decay=o.ema_decay,
+        mixed_precision=o.mixed_precision,
+        seed=cfg.seed,
+        num_workers=cfg.data.num_workers,
+        checkpoint_every=cfg.checkpoint.every,
+        keep_checkpoints=cfg.checkpoint.keep,
+        log_every=cfg.log_every,
+        validate_every=max(cfg.validation.every, 0),
+        progress=cfg.progress,
+        stop_at=cfg.stop_at,
+    )
+
+
+def run(cfg: TrainConfig) -> TrainResult:
+    """Train as ``cfg`` says; returns the result (rank 0's is the one that wrote files).
+
+    Raises:
+        ConfigError: For a bad config (see :func:`~cityenv.train.config.check_config`).
+        TrainingDataError: If the data cannot make samples for the model.
+        CheckpointError: If ``resume`` names no usable checkpoint.
+        NonFiniteLossError: If the loss becomes NaN/inf (a checkpoint is saved first).
+    """
+    if not isinstance(cfg, TrainConfig):
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg))
+    check_config(cfg)
+    backend = ParallelBackend.from_environment(cfg.parallel.strategy, cfg.parallel.device)
+    try:
+        out = Path(cfg.out)
+        model = build_model(cfg, backend)
+        data = build_data(cfg, model)
+        trainer = Trainer(
+            _task(cfg, model), data, _loop_settings(cfg), out, backend, collate=list_collate
+        )
+        if backend.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+            log.info(
+                "training %s (%s stage) on %d samples, %d process(es) on %s -> %s",
+                cfg.model.preset, cfg.stage, len(data), backend.world_size, backend.device, out,
+            )  # fmt: skip
+        if cfg.resume:
+            trainer.resume(cfg.resume)
+        return trainer.fit()
+    finally:
+        backend.close()

@@ -1,0 +1,254 @@
+"""The two training stages as :class:`~cityenv.train.loop.TrainTask` objects.
+
+- :class:`TransformerTask` (stage ``transformer``): the rectified-flow objective of
+  :mod:`cityenv.worldmodel.objective` on the world model's ``CityDiT`` with independent text /
+  reference / warp drops, the VAE frozen. Each sample is conditioned exactly as the model
+  conditions a chunk at inference (:class:`~cityenv.worldmodel.conditioning.Conditioner`), with
+  the sink a ground-truth future frame.
+- :class:`VAETask` (stage ``vae``): the preset's ``AutoencoderKLWan`` on the clips' frames
+  (reconstruction + KL), for presets without a pretrained VAE.
+
+``export`` writes the user-facing world-model folder (``DiffusionWorldModel.from_pretrained``)
+with the given weights (the EMA's), built from copies so training is never disturbed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cityenv.geometry.camera import PinholeCamera
+from cityenv.geometry.pose import Pose
+from cityenv.worldmodel.checkpoint import save_folder
+from cityenv.worldmodel.conditioning import ChunkSequence, Conditioner, to_video
+from cityenv.worldmodel.diffusion import DiffusionWorldModel
+from cityenv.worldmodel.dit import cast_keeping_fp32
+from cityenv.worldmodel.objective import (
+    DEFAULT_DROP_RATES,
+    flow_matching_loss,
+    sample_drops,
+    sample_timestep,
+)
+from cityenv.worldmodel.referencing import Referencer, ReferenceView
+
+__all__ = ["ObjectiveSettings", "TransformerTask", "VAETask"]
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    """The transformer stage's objective.
+
+    Attributes:
+        drop_rates: Probability of dropping each condition (``text``, ``references``, ``warp``)
+            per sample, independently.
+        timestep_shift: Shift of the training timesteps (``None``: the model's sampler shift, so
+            training visits the noise levels sampling does).
+        gradient_checkpointing: Recompute each transformer block in the backward pass (less
+            memory, about a third more compute).
+    """
+
+    drop_rates: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_DROP_RATES))
+    timestep_shift: float | None = None
+    gradient_checkpointing: bool = False
+
+
+class TransformerTask:
+    """Trains a world model's transformer with its VAE and text encoder frozen.
+
+    Args:
+        model: The world model (its transformer is trained in place; the other parts are used
+            frozen). Training runs on ``model.device``.
+        objective: Drop rates, timestep shift, activation checkpointing.
+    """
+
+    def __init__(self, model: DiffusionWorldModel, objective: ObjectiveSettings) -> None:
+        self.model, self.objective = model, objective
+        self.module = model.transformer
+        self.module.train()
+        if objective.gradient_checkpointing:
+            self.module.enable_gradient_checkpointing()
+        model.vae.vae.requires_grad_(False).eval()
+        self.conditioner = Conditioner(
+            vae=model.vae,
+            referencer=Referencer(cache_size=0),
+            text_encoder=model.text_encoder,
+            text_dim=self.module.config.text_dim,
+            device=model.device,
+            dtype=self.module.dtype,
+            reference_cache=0,  # every sample brings its own references
+        )
+        shift = objective.timestep_shift
+        self.shift = float(model.scheduler.config.shift if shift is None else shift)
+
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks (FSDP shards them one by one)."""
+        return list(self.module.blocks)
+
+    def loss(self, module: nn.Module, batch: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        """The mean flow-matching loss of a list of samples (:class:`TrainPairs` dicts)."""
+        losses = [self._sample_loss(module, sample) for sample in batch]
+        return torch.stack(losses).mean()
+
+    def _sample_loss(self, module: nn.Module, sample: Mapping[str, Any]) -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(sample["seed"]))
+        with torch.no_grad():
+            sequence, targets = self.encode(sample)
+        drops = sample_drops(self.objective.drop_rates, g)
+        timestep = sample_timestep(g, shift=self.shift)
+        noise = torch.randn(targets.shape, generator=g).to(targets.device, targets.dtype)
+        return flow_matching_loss(
+            module,
+            sequence.drop(drops),
+            targets,
+            timestep=timestep,
+            noise=noise,
+            settings=self.model.settings,
+        )
+
+    @torch.no_grad()
+    def encode(self, sample: Mapping[str, Any]) -> tuple[ChunkSequence, torch.Tensor]:
+        """A sample's conditions and clean target latents ``(1, z, n, h, w)``, as at inference."""
+        vae, settings, cond = self.model.vae, self.model.settings, self.conditioner
+        dev, dtype, r = self.model.device, self.module.dtype, vae.temporal_ratio
+        frames = np.asarray(sample["target_frames"])
+        camera = _camera(sample["intrinsics"], frames.shape[2], frames.shape[1])
+        targets = vae.encode_chunk(to_video(frames, dev, dtype))
+        history_frames = np.asarray(sample["history_frames"])
+        history = (
+            vae.encode_chunk(to_video(history_frames, dev, dtype)) if len(history_frames) else None
+        )
+        references = _views(sample)[: settings.max_references]
+        warp = None
+        if references:  # as at inference: the warp joins when there is a reference
+            warp = cond.encode_warp(
+                np.asarray(sample["warp_frames"]), np.asarray(sample["warp_masks"])
+            )
+        sink = None
+        if settings.use_sink:
+            sink = ReferenceView(
+                -1,
+                np.asarray(sample["sink_frame"]),
+                np.zeros(camera.shape, np.float32),
+                camera,
+                Pose.from_matrix(np.asarray(sample["sink_pose"])),
+                "sink",
+            )
+        poses = np.asarray(sample["target_poses"])
+        sequence = cond.sequence(
+            camera=camera,
+            origin=poses[0],
+            target_poses=poses.reshape(-1, r, 4, 4),
+            history=history,
+            history_poses=np.asarray(sample["history_poses"]).reshape(-1, r, 4, 4),
+            warp=warp,
+            references=references,
+            sink=sink,
+            prompt=str(sample["caption"]),
+        )
+        return sequence, targets
+
+    def export(self, folder: Path, weights: Mapping[str, torch.Tensor]) -> None:
+        """Write the world-model folder with ``weights`` as the transformer's."""
+        base = _unwrap(self.module)
+        transformer = type(base).from_config(base.config)  # fresh: the trained one may be sharded
+        transformer.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
+        if self.module.dtype != torch.float32:
+            cast_keeping_fp32(transformer, self.module.dtype)
+        m = self.model
+        save_folder(
+            folder,
+            class_name=type(m).__name__,
+            transformer=transformer,
+            vae=m.vae,
+            scheduler=m.scheduler,
+            settings=m.settings,
+            text_encoder=m.text_encoder.spec,
+        )
+
+
+class _VAEForward(nn.Module):
+    """The VAE's encode -> sample -> decode as one ``forward`` (so DDP syncs its gradients)."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, video: torch.Tensor, noise_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(video).latent_dist
+        g = torch.Generator().manual_seed(int(noise_seed))
+        eps = torch.randn(posterior.mean.shape, generator=g).to(posterior.mean)
+        recon = self.vae.decode(posterior.mean + posterior.std * eps).sample
+        return recon, posterior.kl().mean()
+
+
+class VAETask:
+    """Trains a world model's video VAE: reconstruction (L1 + MSE) plus a small KL term.
+
+    Args:
+        model: The world model whose VAE (``model.vae.vae``, an ``AutoencoderKLWan``) is trained.
+        kl_weight: Weight of the KL divergence to the unit Gaussian.
+    """
+
+    def __init__(self, model: DiffusionWorldModel, kl_weight: float = 1e-6) -> None:
+        self.model, self.kl_weight = model, float(kl_weight)
+        model.vae.vae.requires_grad_(True).train()
+        self.module = _VAEForward(model.vae.vae)
+
+    def blocks(self) -> list[nn.Module]:
+        return [self.module.vae.encoder, self.module.vae.decoder]
+
+    def loss(self, module: nn.Module, batch: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        """Reconstruction of each sample's last history frame + targets (a causal clip)."""
+        losses = []
+        for sample in batch:
+            frames = np.concatenate([sample["history_frames"][-1:], sample["target_frames"]])
+            video = to_video(frames, self.model.device, torch.float32)
+            recon, kl = module(video, int(sample["seed"]))
+            losses.append(F.l1_loss(recon, video) + F.mse_loss(recon, video) + self.kl_weight * kl)
+        return torch.stack(losses).mean()
+
+    def export(self, folder: Path, weights: Mapping[str, torch.Tensor]) -> None:
+        """Write the world-model folder with ``weights`` (of ``vae.*``) as the VAE's."""
+        m = self.model
+        vae = copy.copy(m.vae)
+        vae.vae = type(self.module.vae).from_config(self.module.vae.config)
+        vae.vae.load_state_dict({k.removeprefix("vae."): v for k, v in weights.items()})
+        save_folder(
+            folder,
+            class_name=type(m).__name__,
+            transformer=m.transformer,
+            vae=vae,
+            scheduler=m.scheduler,
+            settings=m.settings,
+            text_encoder=m.text_encoder.spec,
+        )
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def _camera(intrinsics: Any, width: int, height: int) -> PinholeCamera:
+    fx, fy, cx, cy = (float(v) for v in np.asarray(intrinsics).reshape(4))
+    return PinholeCamera(int(width), int(height), fx, fy, cx, cy)
+
+
+def _views(sample: Mapping[str, Any]) -> list[ReferenceView]:
+    """The sample's references as views at the frame size (depth unused by the conditioner)."""
+    images = np.asarray(sample["reference_images"])
+    out = []
+    for i in range(len(images)):
+        h, w = images[i].shape[:2]
+        camera = _camera(sample["reference_intrinsics"][i], w, h)
+        pose = Pose.from_matrix(np.asarray(sample["reference_poses"][i]))
+        view_id = int(sample["reference_view_ids"][i])
+        out.append(ReferenceView(view_id, images[i], np.zeros((h, w), np.float32), camera, pose))
+    return out
