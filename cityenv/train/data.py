@@ -195,6 +195,11 @@ class TrainPairs(Dataset):
     def __len__(self) -> int:
         return len(self.windows)
 
+    def describe(self, index: int) -> str:
+        """``<clip_id>@<first target frame>`` of sample ``index`` (for messages)."""
+        window = self.windows[index]
+        return f"{window.clip_id}@{window.start}"
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.get_seeded(index, 0)
 

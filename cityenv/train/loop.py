@@ -10,7 +10,7 @@ folder; the loop does the rest, the same on one CPU and under ``torchrun`` on ma
 - optimisation: gradient accumulation (``no_sync`` between micro-batches under DDP), bf16
   autocast on CUDA, gradient clipping, AdamW, warm-up + cosine, EMA;
 - safety: a non-finite loss stops the run with a :class:`NonFiniteLossError` naming the step and
-  the batch's sample ids, after a checkpoint of the last good state;
+  the batch's sample ids, after a checkpoint of the state before that step;
 - files (rank 0): checkpoints every ``checkpoint_every`` steps and at the end (exact resume),
   TensorBoard scalars, a progress bar with loss, steps/s and ETA.
 """
@@ -308,9 +308,9 @@ class Trainer:
             if not math.isfinite(loss):
                 last_ckpt = self.save()
                 raise NonFiniteLossError(
-                    f"the loss became {loss} at step {self.step + 1} on samples {ids}; the last "
-                    f"good state is saved at {last_ckpt}. Lower the learning rate (lr={s.lr}) "
-                    "or check these samples."
+                    f"the loss became {loss} at step {self.step + 1} on samples {ids}"
+                    f"{self._describe(ids)}; the state before this step is saved at "
+                    f"{last_ckpt}. Lower the learning rate (lr={s.lr}) or check these samples."
                 )
             self.step += 1
             result.losses.append(loss)
@@ -326,6 +326,11 @@ class Trainer:
         result.step, result.checkpoint = self.step, last_ckpt
         result.seconds = time.perf_counter() - start
         return result
+
+    def _describe(self, ids: list[int]) -> str:
+        """`` (clip-00003@12, ...)`` when the dataset can name its samples (``describe(i)``)."""
+        describe = getattr(self.data.dataset, "describe", None)
+        return f" ({', '.join(describe(i) for i in ids)})" if describe else ""
 
     def _batches(self) -> Iterator[Mapping[str, Any]]:
         """Batches forever, epoch after epoch, from the sampler's position."""

@@ -261,3 +261,13 @@ def test_torchrun_two_processes_equal_one_process_with_the_doubled_batch(town_da
     assert worst < 1e-5, worst
     assert (two / "checkpoints/step-00000003/rng-rank1.json").is_file()
     assert not (two / ".hydra").exists() or (two / ".hydra" / "config.yaml").is_file()
+
+
+def test_a_non_finite_loss_names_the_step_and_the_clips(town_data, tmp_path):
+    from cityenv.train.loop import NonFiniteLossError
+
+    cfg = _config(town_data, tmp_path / "nan", steps=3)
+    cfg.optim.lr = float("inf")  # the first update makes every weight non-finite
+    with pytest.raises(NonFiniteLossError, match=r"at step 2 on samples \[\d+\] \(clip-\d+@\d+\)"):
+        run(cfg)
+    assert (tmp_path / "nan/checkpoints/step-00000001/trainer.json").is_file()
