@@ -241,8 +241,12 @@ def test_cli_refuses_an_unknown_key_with_its_name(town_data, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed next to this Python")
-def test_torchrun_two_processes_equal_one_process_with_the_doubled_batch(town_data, tmp_path):
-    """DDP over gloo, a real torchrun: 2 x batch 1 == 1 x batch 2 (same samples, same seeds)."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_two_processes_equal_one_process_with_the_doubled_batch(
+    town_data, tmp_path, strategy
+):
+    """DDP or FSDP2 over gloo, a real torchrun: 2 x batch 1 == 1 x batch 2 (same samples and
+    seeds; the tolerance covers the order of float sums in gloo's all-reduce)."""
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(
         [sys.executable, *_cli(one, town_data, "optim.steps=3", "optim.batch_size=2")],
@@ -250,7 +254,8 @@ def test_torchrun_two_processes_equal_one_process_with_the_doubled_batch(town_da
     )  # fmt: skip
     done = subprocess.run(
         [TORCHRUN, "--standalone", "--nproc_per_node=2",
-         *_cli(two, town_data, "optim.steps=3", "optim.batch_size=1")],
+         *_cli(two, town_data, "optim.steps=3", "optim.batch_size=1",
+               f"parallel.strategy={strategy}")],
         env=_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -271,3 +276,41 @@ def test_a_non_finite_loss_names_the_step_and_the_clips(town_data, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"at step 2 on samples \[\d+\] \(clip-\d+@\d+\)"):
         run(cfg)
     assert (tmp_path / "nan/checkpoints/step-00000001/trainer.json").is_file()
+
+
+def test_fine_tuning_from_a_local_wan_folder(town_data, tmp_path):
+    """init_from a Wan diffusers folder (tiny, same format): SWM's new channels start at zero and
+    are trained; the text comes from the folder's UMT5."""
+    import importlib.util
+
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from cityenv.worldmodel.presets import load_preset
+
+    here = HERE.parent / "worldmodel"
+    spec = importlib.util.spec_from_file_location("wm_text_tests", here / "test_text.py")
+    text_tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(text_tests)
+    spec = importlib.util.spec_from_file_location("wm_conftest", here / "conftest.py")
+    wm_conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wm_conf)
+
+    wan = tmp_path / "wan"
+    torch.manual_seed(0)
+    WanTransformer3DModel(**wm_conf.WAN_TINY).save_pretrained(wan / "transformer")
+    AutoencoderKLWan(**load_preset("tiny")["vae"]).save_pretrained(wan / "vae")
+    tokenizer = text_tests._tiny_tokenizer()
+    tokenizer.save_pretrained(wan / "tokenizer")
+    text_tests._tiny_umt5(len(tokenizer)).save_pretrained(wan / "text_encoder")
+
+    cfg = _config(town_data, tmp_path / "ft", steps=2)
+    cfg.model.init_from, cfg.model.preset = str(wan), "swm-sf"
+    start = build_model(cfg, ParallelBackend())
+    assert float(start.transformer.plucker_embedding.weight.detach().abs().sum()) == 0.0
+    run(cfg)
+    tuned = load_file(str(tmp_path / "ft/checkpoints/step-00000002/trainable.safetensors"))
+    assert float(tuned["plucker_embedding.weight"].abs().sum()) > 0.0  # the new input learns
+    model = DiffusionWorldModel.from_pretrained(
+        tmp_path / "ft/checkpoints/step-00000002/world_model", device="cpu"
+    )
+    assert model.text_encoder.spec["kind"] == "umt5"
