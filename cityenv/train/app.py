@@ -126,7 +126,10 @@ def run(cfg: TrainConfig) -> TrainResult:
                 "training %s (%s stage) on %d samples, %d process(es) on %s -> %s",
                 cfg.model.preset, cfg.stage, len(data), backend.world_size, backend.device, out,
             )  # fmt: skip
-        if cfg.resume:
+        if cfg.resume == "auto":  # continue when the folder has a checkpoint, else start
+            if trainer.checkpoints.latest() is not None:
+                trainer.resume("latest")
+        elif cfg.resume:
             trainer.resume(cfg.resume)
         return trainer.fit()
     finally:

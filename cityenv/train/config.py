@@ -156,7 +156,7 @@ class TrainConfig:
     stage: str = "transformer"
     """vae | transformer."""
     resume: str | None = None
-    """latest | a step | a checkpoint folder."""
+    """latest | a step | a checkpoint folder | auto (latest when there is one, else start)."""
     stop_at: int | None = None
     """End this run at this step with a checkpoint (the schedule still spans optim.steps);
     ``resume=latest`` continues. For jobs with a time limit."""

@@ -191,7 +191,8 @@ def test_training_moves_the_transformer_and_exports_a_loadable_world_model(town_
 
 def test_resume_is_exact(town_data, tmp_path):
     run(_config(town_data, tmp_path / "straight", steps=4))
-    run(_config(town_data, tmp_path / "resumed", steps=4, stop_at=2))  # a job that ran out of time
+    # a job that ran out of time; resume=auto starts afresh in an empty folder
+    run(_config(town_data, tmp_path / "resumed", steps=4, stop_at=2, resume="auto"))
     assert (tmp_path / "resumed/checkpoints/latest").read_text().strip() == "step-00000002"
     run(_config(town_data, tmp_path / "resumed", steps=4, resume="latest"))
     a = load_file(str(tmp_path / "straight/checkpoints/step-00000004/trainable.safetensors"))
