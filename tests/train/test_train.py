@@ -315,3 +315,14 @@ def test_fine_tuning_from_a_local_wan_folder(town_data, tmp_path):
         tmp_path / "ft/checkpoints/step-00000002/world_model", device="cpu"
     )
     assert model.text_encoder.spec["kind"] == "umt5"
+
+
+def test_worker_processes_give_the_same_training(town_data, tmp_path):
+    """DataLoader workers (each opens the data itself) change nothing: samples come from seeds."""
+    run(_config(town_data, tmp_path / "w0", steps=2))
+    cfg = _config(town_data, tmp_path / "w2", steps=2)
+    cfg.data.num_workers = 2
+    run(cfg)
+    a = load_file(str(tmp_path / "w0/checkpoints/step-00000002/trainable.safetensors"))
+    b = load_file(str(tmp_path / "w2/checkpoints/step-00000002/trainable.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
