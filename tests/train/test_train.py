@@ -326,3 +326,25 @@ def test_worker_processes_give_the_same_training(town_data, tmp_path):
     a = load_file(str(tmp_path / "w0/checkpoints/step-00000002/trainable.safetensors"))
     b = load_file(str(tmp_path / "w2/checkpoints/step-00000002/trainable.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_accumulation_equals_the_bigger_batch(town_data, tmp_path):
+    big = _config(town_data, tmp_path / "b2", steps=2)
+    big.optim.batch_size = 2
+    run(big)
+    acc = _config(town_data, tmp_path / "a2", steps=2)
+    acc.optim.grad_accum = 2
+    run(acc)
+    a = load_file(str(tmp_path / "b2/checkpoints/step-00000002/trainable.safetensors"))
+    b = load_file(str(tmp_path / "a2/checkpoints/step-00000002/trainable.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+def test_activation_checkpointing_changes_memory_not_results(town_data, tmp_path):
+    plain = _config(town_data, tmp_path / "plain", steps=2)
+    ckpt = _config(town_data, tmp_path / "ckpt", steps=2)
+    ckpt.objective.gradient_checkpointing = True
+    assert run(plain).losses == pytest.approx(run(ckpt).losses, rel=1e-6)
+    a = load_file(str(tmp_path / "plain/checkpoints/step-00000002/trainable.safetensors"))
+    b = load_file(str(tmp_path / "ckpt/checkpoints/step-00000002/trainable.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
