@@ -131,6 +131,12 @@ class CityDataNotFoundError(CityEnvError, FileNotFoundError):
     """No street-view database was given or found for a city; says how to build one."""
 
 
+# --- evaluation -----------------------------------------------------------------------------
+class EvaluationError(CityEnvError, ValueError):
+    """An evaluation or validation pass cannot run as asked: no held-out clip long enough for the
+    window, a window that is not whole chunks, a CityDB anchored elsewhere than the clip store."""
+
+
 # --- helpers --------------------------------------------------------------------------------
 def unknown_name(
     kind: str,

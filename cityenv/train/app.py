@@ -15,9 +15,10 @@ from cityenv.train.data import PairSettings, TrainPairs
 from cityenv.train.loop import LoopSettings, Trainer, TrainResult, list_collate
 from cityenv.train.parallel import ParallelBackend
 from cityenv.train.tasks import ObjectiveSettings, TransformerTask, VAETask
+from cityenv.train.validate import ValidationSettings, Validator
 from cityenv.worldmodel.diffusion import DiffusionWorldModel
 
-__all__ = ["build_data", "build_model", "run"]
+__all__ = ["build_data", "build_model", "build_validator", "run"]
 
 log = logging.getLogger("cityenv.train")
 
@@ -93,10 +94,47 @@ def _loop_settings(cfg: TrainConfig) -> LoopSettings:
         checkpoint_every=cfg.checkpoint.every,
         keep_checkpoints=cfg.checkpoint.keep,
         log_every=cfg.log_every,
-        validate_every=max(cfg.validation.every, 0),
+        validate_every=_validate_every(cfg),
         progress=cfg.progress,
         stop_at=cfg.stop_at,
     )
+
+
+def _validate_every(cfg: TrainConfig) -> int:
+    """The loop's ``validate_every``: ``validation.every`` steps; 0 = once, at the last step."""
+    every = cfg.validation.every
+    return every if every > 0 else (cfg.optim.steps if every == 0 else 0)
+
+
+def build_validator(
+    cfg: TrainConfig,
+    task: TransformerTask | VAETask,
+    model: DiffusionWorldModel,
+    data: TrainPairs,
+    backend: ParallelBackend,
+) -> Validator | None:
+    """The validation hook (``None`` for ``validation.every=-1``); every rank builds it (the
+    loop calls it on rank 0 only), so a store without usable test clips fails before training.
+
+    Raises:
+        EvaluationError: If the clip store has no test clip long enough for the windows.
+    """
+    v = cfg.validation
+    if v.every < 0:
+        return None
+    settings = ValidationSettings(
+        clips=v.clips,
+        chunks=v.chunks,
+        video=v.video,
+        seed=v.seed,
+        num_references=data.settings.num_references,
+        time_window_s=data.settings.time_window_s,
+        size=data.size,
+    )
+    return Validator(
+        task, data.citydb_path, data.clips_path, cfg.out, model.settings.chunk_frames,
+        settings, device=backend.device,
+    )  # fmt: skip
 
 
 def run(cfg: TrainConfig) -> TrainResult:
@@ -116,8 +154,10 @@ def run(cfg: TrainConfig) -> TrainResult:
         out = Path(cfg.out)
         model = build_model(cfg, backend)
         data = build_data(cfg, model)
+        task = _task(cfg, model)
+        validate = build_validator(cfg, task, model, data, backend)
         trainer = Trainer(
-            _task(cfg, model), data, _loop_settings(cfg), out, backend, collate=list_collate
+            task, data, _loop_settings(cfg), out, backend, collate=list_collate, validate=validate
         )
         if backend.is_main:
             out.mkdir(parents=True, exist_ok=True)

@@ -139,10 +139,18 @@ class CheckpointConfig:
 
 @dataclass
 class ValidationConfig:
+    """Validation passes on held-out ``test`` clips: the model and the warp baseline replay the
+    same windows; static-region PSNR/SSIM go to TensorBoard and ``samples/step-<step>.json``,
+    a ground truth | warp | model video to ``samples/step-<step>.mp4``."""
+
     every: int = 0
     """Steps between validation passes on held-out test clips (0 = only at the end, -1 = never)."""
     clips: int = 2
-    """Test clips replayed per pass."""
+    """Test clips replayed per pass (a fixed, seeded choice)."""
+    chunks: int = 2
+    """Chunks generated per clip (a window of 1 + chunks x chunk_frames frames)."""
+    seed: int = 0
+    """Seeds the choice of clips and windows and the model's sampling noise."""
     video: bool = True
     """Write a side-by-side video (ground truth | warp | model)."""
 
@@ -209,6 +217,9 @@ def check_config(cfg: TrainConfig) -> None:
         "checkpoint.every": cfg.checkpoint.every >= 1,
         "data.num_workers": cfg.data.num_workers >= 0,
         "data.sink_offsets": len(cfg.data.sink_offsets) == 2,
+        "validation.every": cfg.validation.every >= -1,
+        "validation.clips": cfg.validation.clips >= 1,
+        "validation.chunks": cfg.validation.chunks >= 1,
     }
     wrong = [k for k, ok in bad.items() if not ok]
     if wrong:

@@ -1,0 +1,10 @@
+"""cityenv.eval: City-Bench, the evaluation of world models (an app above the library).
+
+- :mod:`~cityenv.eval.metrics`: PSNR and SSIM per frame, whole and on static regions, and per
+  window of distance travelled (drift);
+- :mod:`~cityenv.eval.replay`: a held-out clip window replayed by a world model from its first
+  frame along its exact trajectory, references from other traversals and capture times.
+
+The training run's validation pass (:mod:`cityenv.train.validate`) uses both, so training curves
+and the bench share one replay and one metric code path.
+"""
