@@ -26,6 +26,7 @@ from cityenv.train.config import (
     ModelConfig,
     OptimConfig,
     TrainConfig,
+    ValidationConfig,
     check_config,
 )
 from cityenv.train.data import PairSettings, TrainingDataError, TrainPairs
@@ -48,6 +49,7 @@ def _config(data: Path, out: Path, steps: int = 4, **changes) -> TrainConfig:
         model=ModelConfig(preset="tiny", sampling=dict(TINY_SAMPLING)),
         optim=OptimConfig(steps=steps, lr=1e-3, warmup_steps=1),
         checkpoint=CheckpointConfig(every=2, keep=10),
+        validation=ValidationConfig(every=-1),  # tests/train/test_validate.py covers validation
         progress=False,
     )
     return replace(cfg, **changes)
@@ -221,7 +223,7 @@ def _cli(out: Path, data: Path, *extra: str) -> list[str]:
         "-m", "cityenv.train", f"data.root={data}", "model=tiny", f"out={out}",
         "+model.sampling.chunk_frames=4", "+model.sampling.history=1",
         "+model.sampling.max_references=2", "optim.warmup_steps=1", "checkpoint.every=2",
-        "progress=false", *extra,
+        "validation.every=-1", "progress=false", *extra,
     ]  # fmt: skip
 
 
