@@ -1,0 +1,1 @@
+"""cityenv.eval: ``python -m cityenv.eval``, the City-Bench evaluation of world models."""
