@@ -8,8 +8,10 @@ the choices the issue asks for, stated here once:
 
 1. **Poses from the frames.** Camera poses of the generated window are estimated by structure
    from motion with pycolmap (SIFT features, exhaustive matching for short windows and
-   sequential matching for long ones, incremental mapping), on CPU, with the clip's known
-   intrinsics held fixed (a PINHOLE camera; only poses and points are optimised).
+   sequential matching for long ones, incremental mapping restarted with a few seeds and the
+   model of lowest reprojection error kept), on CPU, with the clip's known intrinsics held
+   fixed (a PINHOLE camera; only poses and points are optimised). Pixels given as ``ignore``
+   (moving objects) give no features.
 2. **First frame at identity.** Both trajectories, the estimate and the ground truth, are
    expressed relative to their first frame: ``P_i' = P_0^-1 P_i`` (camera-to-world matrices), so
    frame 0 is the identity and SfM's arbitrary world frame drops out. If SfM did not register
@@ -355,8 +357,9 @@ def estimate_poses(
     """Camera poses of a window of frames by structure from motion (pycolmap, CPU).
 
     The frames are written as PNGs to a temporary folder (COLMAP reads images from files),
-    SIFT features extracted with the known intrinsics, pairs matched and verified, and an
-    incremental reconstruction run with the intrinsics fixed; the largest model is kept.
+    SIFT features extracted with the known intrinsics, pairs matched and verified, and
+    :attr:`SfMSettings.restarts` incremental reconstructions run with the intrinsics fixed;
+    the one with the most registered frames, then the lowest reprojection error, is kept.
 
     Args:
         frames: ``(T, H, W, 3)`` uint8 RGB.

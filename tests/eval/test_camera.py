@@ -190,6 +190,14 @@ def test_a_noise_video_gives_none_with_the_registered_count(drive):
     assert result.to_dict()["rot_err"] is None
 
 
+def test_ignored_pixels_give_no_features(drive):
+    frames, trajectory = drive
+    ignore = np.ones(frames.shape[:3], bool)
+    ignore[:, :, :8] = False  # an 8-pixel strip on the left: too little to start a model
+    result = camera_errors(frames, trajectory, CAMERA, ignore=ignore)
+    assert result.rot_err is None and result.registered < 13
+
+
 def test_frames_that_do_not_fit_are_refused(drive):
     frames, trajectory = drive
     with pytest.raises(ShapeMismatchError, match="same length, got 15 frames and 16 poses"):
