@@ -131,6 +131,12 @@ class CityDataNotFoundError(CityEnvError, FileNotFoundError):
     """No street-view database was given or found for a city; says how to build one."""
 
 
+# --- training -------------------------------------------------------------------------------
+class LatentCacheError(CityEnvError, ValueError):
+    """A training latent cache folder is incomplete, of another format, or was made for other
+    data, VAE or settings (its key differs); says how to (re)make it."""
+
+
 # --- helpers --------------------------------------------------------------------------------
 def unknown_name(
     kind: str,
