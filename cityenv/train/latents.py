@@ -243,7 +243,7 @@ class LatentCache:
                 f" it was made for other data, VAE or settings; {redo}."
             )
         cache = cls(folder, meta)
-        missing = [i for i in range(len(cache)) if not _sample_path(folder, i).is_file()]
+        missing = _missing(folder, len(cache))
         if missing:
             raise LatentCacheError(
                 f"the latent cache {folder} lacks samples {missing[:10]} of {len(cache)}; "
@@ -284,6 +284,11 @@ class LatentCache:
         }
         sample.update({k: v.numpy() for k, v in tensors.items() if "." not in k})
         return sample
+
+
+def _missing(folder: Path, count: int) -> list[int]:
+    """Indices in ``range(count)`` without a sample file."""
+    return [i for i in range(count) if not _sample_path(folder, i).is_file()]
 
 
 def _write_sample(
@@ -427,8 +432,8 @@ def precompute_latents(
     inputs = key_inputs(dataset, model, seed)
     key = str(be.broadcast_object(cache_key(inputs)))  # rank 0's data copy names the cache
     folder = Path(root if root is not None else default_root()).expanduser() / key
-    if (folder / META).is_file():
-        return LatentCache.open(folder, key)
+    if (folder / META).is_file() and not _missing(folder, len(dataset)):
+        return LatentCache.open(folder, key)  # (a lost sample file is made again below)
     folder.mkdir(parents=True, exist_ok=True)
     if be.is_main:
         _remove_temporaries(folder)
@@ -440,7 +445,7 @@ def precompute_latents(
     ]
     _encode_all(dataset, model, folder, key, todo, seed, num_workers, progress and be.is_main)
     be.barrier()
-    missing = [i for i in range(len(dataset)) if not _sample_path(folder, i).is_file()]
+    missing = _missing(folder, len(dataset))
     if missing:  # every rank sees the same folder, so every rank stops here
         raise LatentCacheError(
             f"precomputation of {folder} ended without samples {missing[:10]}; a rank failed "

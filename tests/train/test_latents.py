@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -37,7 +38,12 @@ from cityenv.train.latents import (
 )
 from cityenv.train.loop import Trainer, list_collate
 from cityenv.train.parallel import ParallelBackend
-from cityenv.train.tasks import ObjectiveSettings, TransformerTask
+from cityenv.train.tasks import (
+    ObjectiveSettings,
+    TransformerTask,
+    encode_latents,
+    make_conditioner,
+)
 from cityenv.worldmodel.diffusion import DiffusionWorldModel
 
 HERE = Path(__file__).resolve().parent
@@ -164,6 +170,24 @@ def test_the_key_changes_with_vae_weights_settings_and_data(made, town_data, tmp
         LatentCache.open(made.cache.folder, key=keys["vae"])
 
 
+def test_a_lost_or_foreign_sample_file_is_refused_and_made_again(made, tmp_path):
+    folder = tmp_path / made.cache.key
+    shutil.copytree(made.cache.folder, folder)
+    (folder / "sample-0000003.safetensors").unlink()
+    with pytest.raises(LatentCacheError, match=r"lacks samples \[3\] of 8"):
+        LatentCache.open(folder)
+    cache = precompute_latents(made.pairs, made.model, tmp_path, progress=False)
+    assert cache.folder == folder and len(CachedPairs(cache)) == 8
+    a, b = cache.load(3)["latents"], made.cache.load(3)["latents"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    other = tmp_path / "other"  # sample files moved into a cache of another key
+    shutil.copytree(folder, other)
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps(meta | {"key": "0" * 20}))
+    with pytest.raises(LatentCacheError, match="got a file of key"):
+        LatentCache.open(other).load(1)
+
+
 def test_a_latent_cache_is_refused_for_the_vae_stage(made, town_data, tmp_path):
     cfg = replace(_config(town_data, tmp_path, tmp_path, latent_cache=True), stage="vae")
     with pytest.raises(ConfigError, match="data.latent_cache=true .* got stage=vae"):
@@ -192,13 +216,13 @@ def test_a_killed_precomputation_is_never_read_and_resumes_under_torchrun(
 ):
     """SIGKILL a real ``python -m cityenv.train`` while it precomputes, leave a half-written
     temporary file, then finish with ``torchrun --nproc_per_node=2`` (ranks share the rest)."""
-    # Stride 2: 20 samples, so the kill lands mid-way (a sample takes ~0.05-2 s here).
-    cfg = replace(made.cfg, data=replace(made.cfg.data, stride=2))
+    # Stride 3: 12 samples, so the kill lands mid-way (a sample takes ~0.05-2 s here).
+    cfg = replace(made.cfg, data=replace(made.cfg.data, stride=3))
     pairs = build_data(cfg, made.model)
     caches = tmp_path / "caches"
     folder = caches / cache_key(key_inputs(pairs, made.model))
     job = subprocess.Popen(
-        [sys.executable, *_cli(tmp_path / "run1", town_data, caches, "data.stride=2")],
+        [sys.executable, *_cli(tmp_path / "run1", town_data, caches, "data.stride=3")],
         env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.monotonic() + 300
@@ -220,7 +244,7 @@ def test_a_killed_precomputation_is_never_read_and_resumes_under_torchrun(
 
     resumed = subprocess.run(
         [TORCHRUN, "--standalone", "--nproc_per_node=2",
-         *_cli(tmp_path / "run2", town_data, caches, "data.stride=2")],
+         *_cli(tmp_path / "run2", town_data, caches, "data.stride=3")],
         env=_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -228,14 +252,16 @@ def test_a_killed_precomputation_is_never_read_and_resumes_under_torchrun(
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in done} == kept, "kept"
     assert (tmp_path / "run2" / "checkpoints" / "step-00000001").is_dir(), "then it trained"
     cache = LatentCache.open(folder, key=folder.name)
-    reference = precompute_latents(pairs, made.model, tmp_path / "reference", progress=False)
-    assert reference.folder.name == folder.name
-    for index in range(len(cache)):
-        a, b = cache.load(index), reference.load(index)
-        assert a.keys() == b.keys() and a["latents"].keys() == b["latents"].keys()
-        for name in a["latents"]:  # other processes, other thread counts: float rounding only
-            torch.testing.assert_close(a["latents"][name], b["latents"][name], rtol=1e-5, atol=1e-5)
-        for name in ("target_poses", "reference_view_ids", "sink_pose", "frame_size"):
+    samples = [cache.load(i) for i in range(len(cache))]
+    fixed, conditioner = FixedChoices(pairs), make_conditioner(made.model)
+    first = int(done[0].stem.split("-")[1])
+    for index in sorted({first, 1, 2, len(cache) - 1}):  # killed run, both ranks, the leftover
+        a, b = samples[index], fixed[index]
+        expected = encode_latents(made.model, conditioner, b)
+        assert a["latents"].keys() == expected.keys()
+        for name, value in expected.items():  # other processes and thread counts: rounding
+            torch.testing.assert_close(a["latents"][name], value, rtol=1e-5, atol=1e-5)
+        for name in ("target_poses", "sink_pose"):
             np.testing.assert_array_equal(a[name], b[name])
         assert (a["clip_id"], a["start"], a["sink_offset"]) == (
             b["clip_id"], b["start"], b["sink_offset"]
