@@ -137,6 +137,12 @@ class EvaluationError(CityEnvError, ValueError):
     window, a window that is not whole chunks, a CityDB anchored elsewhere than the clip store."""
 
 
+# --- training -------------------------------------------------------------------------------
+class LatentCacheError(CityEnvError, ValueError):
+    """A training latent cache folder is incomplete, of another format, or was made for other
+    data, VAE or settings (its key differs); says how to (re)make it."""
+
+
 # --- helpers --------------------------------------------------------------------------------
 def unknown_name(
     kind: str,

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from cityenv.errors import ConfigError
 from cityenv.train.config import TrainConfig, check_config
 from cityenv.train.data import PairSettings, TrainPairs
+from cityenv.train.latents import CachedPairs, precompute_latents
 from cityenv.train.loop import LoopSettings, Trainer, TrainResult, list_collate
 from cityenv.train.parallel import ParallelBackend
 from cityenv.train.tasks import ObjectiveSettings, TransformerTask, VAETask
@@ -47,9 +48,19 @@ def build_model(cfg: TrainConfig, backend: ParallelBackend) -> DiffusionWorldMod
     )
 
 
-def build_data(cfg: TrainConfig, model: DiffusionWorldModel) -> TrainPairs:
-    """The training pairs for ``model``'s chunk length, history and references."""
+def build_data(cfg: TrainConfig, model: DiffusionWorldModel) -> TrainPairs | CachedPairs:
+    """The training pairs for ``model``'s chunk length, history and references; with
+    ``data.latent_cache`` their latents, precomputed on first use (every rank calls this).
+
+    Raises:
+        ConfigError: If ``data.latent_cache`` is asked for another stage than ``transformer``.
+    """
     d, s = cfg.data, model.settings
+    if d.latent_cache and cfg.stage != "transformer":
+        raise ConfigError(
+            f"data.latent_cache=true caches the frozen VAE's latents for stage transformer, got "
+            f"stage={cfg.stage} (which trains the VAE); set data.latent_cache=false."
+        )
     root = Path(d.root) if d.root else None
     citydb = Path(d.citydb) if d.citydb else root / "citydb"
     clips = Path(d.clips) if d.clips else root / "clips"
@@ -63,7 +74,13 @@ def build_data(cfg: TrainConfig, model: DiffusionWorldModel) -> TrainPairs:
         time_window_s=d.time_window_s,
     )
     size = (int(d.size[0]), int(d.size[1])) if d.size else None
-    return TrainPairs(citydb, clips, settings, size=size)
+    pairs = TrainPairs(citydb, clips, settings, size=size)
+    if not d.latent_cache:
+        return pairs
+    root = Path(d.latent_cache_dir).expanduser() if d.latent_cache_dir else None
+    cache = precompute_latents(pairs, model, root, progress=cfg.progress, num_workers=d.num_workers)
+    log.info("training on the latent cache %s (%d samples)", cache.folder, len(cache))
+    return CachedPairs(cache)
 
 
 def _task(cfg: TrainConfig, model: DiffusionWorldModel) -> TransformerTask | VAETask:

@@ -63,6 +63,13 @@ class DataConfig:
     """``[width, height]`` of frames and references (default: the clips' size)."""
     num_workers: int = 0
     """``DataLoader`` worker processes (each opens the data once)."""
+    latent_cache: bool = False
+    """Stage transformer: encode every sample with the VAE and text encoder once, before
+    training, into a cache on disk, and train from it with no VAE work per step (each
+    sample's sink offset is then fixed across epochs; see ``cityenv/train/latents.py``)."""
+    latent_cache_dir: str | None = None
+    """Folder of latent caches, one sub-folder per key of data, VAE and settings (default
+    ``$CITYENV_CACHE/train-latents``, else ``~/.cache/cityenv/train-latents``)."""
 
 
 @dataclass

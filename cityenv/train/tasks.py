@@ -28,7 +28,7 @@ from torch import nn
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose
 from cityenv.worldmodel.checkpoint import save_folder
-from cityenv.worldmodel.conditioning import ChunkSequence, Conditioner, to_video
+from cityenv.worldmodel.conditioning import ChunkSequence, Conditioner, RayMaker, to_video
 from cityenv.worldmodel.diffusion import DiffusionWorldModel
 from cityenv.worldmodel.dit import cast_keeping_fp32
 from cityenv.worldmodel.objective import (
@@ -39,7 +39,18 @@ from cityenv.worldmodel.objective import (
 )
 from cityenv.worldmodel.referencing import Referencer, ReferenceView
 
-__all__ = ["ObjectiveSettings", "TransformerTask", "VAETask"]
+__all__ = [
+    "LATENTS",
+    "ObjectiveSettings",
+    "TransformerTask",
+    "VAETask",
+    "encode_latents",
+    "make_conditioner",
+]
+
+LATENTS = "latents"
+"""Key of a sample's precomputed tensors (:class:`~cityenv.train.latents.CachedPairs`): with it,
+:meth:`TransformerTask.encode` does no VAE or text-encoder work."""
 
 
 @dataclass(frozen=True)
@@ -76,15 +87,7 @@ class TransformerTask:
         if objective.gradient_checkpointing:
             self.module.enable_gradient_checkpointing()
         model.vae.vae.requires_grad_(False).eval()
-        self.conditioner = Conditioner(
-            vae=model.vae,
-            referencer=Referencer(cache_size=0),
-            text_encoder=model.text_encoder,
-            text_dim=self.module.config.text_dim,
-            device=model.device,
-            dtype=self.module.dtype,
-            reference_cache=0,  # every sample brings its own references
-        )
+        self.conditioner = make_conditioner(model)
         shift = objective.timestep_shift
         self.shift = float(model.scheduler.config.shift if shift is None else shift)
 
@@ -115,7 +118,14 @@ class TransformerTask:
 
     @torch.no_grad()
     def encode(self, sample: Mapping[str, Any]) -> tuple[ChunkSequence, torch.Tensor]:
-        """A sample's conditions and clean target latents ``(1, z, n, h, w)``, as at inference."""
+        """A sample's conditions and clean target latents ``(1, z, n, h, w)``, as at inference.
+
+        A sample that carries precomputed tensors under :data:`LATENTS` (a
+        :class:`~cityenv.train.latents.CachedPairs` sample) is assembled from them with no VAE
+        or text-encoder work; the result equals the uncached one.
+        """
+        if LATENTS in sample:
+            return self._assemble(sample)
         vae, settings, cond = self.model.vae, self.model.settings, self.conditioner
         dev, dtype, r = self.model.device, self.module.dtype, vae.temporal_ratio
         frames = np.asarray(sample["target_frames"])
@@ -154,6 +164,31 @@ class TransformerTask:
             prompt=str(sample["caption"]),
         )
         return sequence, targets
+
+    def _assemble(self, sample: Mapping[str, Any]) -> tuple[ChunkSequence, torch.Tensor]:
+        """:meth:`encode` from precomputed tensors: only the Plücker rays are computed, with the
+        very :class:`RayMaker` and layout of :meth:`Conditioner.sequence`."""
+        dev, dtype = self.model.device, self.module.dtype
+        t = {k: v.to(dev, dtype) for k, v in sample[LATENTS].items()}
+        width, height = (int(v) for v in np.asarray(sample["frame_size"]))
+        camera = _camera(sample["intrinsics"], width, height)
+        (h, w), r = self.conditioner.latent_size(camera), self.model.vae.temporal_ratio
+        poses = np.asarray(sample["target_poses"])
+        rays = RayMaker(camera.rescaled(w, h), poses[0], r, dev, dtype)
+        views = _pose_views(sample["reference_poses"], sample["reference_intrinsics"], camera)
+        sink = t.get("sink")
+        sequence = ChunkSequence(
+            history=t["history"],
+            history_rays=rays.groups(np.asarray(sample["history_poses"]).reshape(-1, r, 4, 4)),
+            target_rays=rays.groups(poses.reshape(-1, r, 4, 4)),
+            warp=t.get("warp"),
+            sink=sink,
+            sink_rays=None if sink is None else rays.views([_sink_view(sample, camera)]),
+            references=t["references"],
+            reference_rays=rays.views(views[: t["references"].shape[2]]),
+            text=t["text"],
+        )
+        return sequence, t["targets"]
 
     def export(self, folder: Path, weights: Mapping[str, torch.Tensor]) -> None:
         """Write the world-model folder with ``weights`` as the transformer's."""
@@ -232,6 +267,65 @@ class VAETask:
         )
 
 
+def make_conditioner(model: DiffusionWorldModel) -> Conditioner:
+    """The conditioner training encodes samples with: the model's VAE and text encoder, on its
+    device in the transformer's dtype, with no reference cache (every sample brings its own)."""
+    return Conditioner(
+        vae=model.vae,
+        referencer=Referencer(cache_size=0),
+        text_encoder=model.text_encoder,
+        text_dim=model.transformer.config.text_dim,
+        device=model.device,
+        dtype=model.transformer.dtype,
+        reference_cache=0,  # every sample brings its own references
+    )
+
+
+@torch.no_grad()
+def encode_latents(
+    model: DiffusionWorldModel, conditioner: Conditioner, sample: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    """Everything :meth:`TransformerTask.encode` computes with the VAE and the text encoder
+    (the latent cache's content).
+
+    Args:
+        model: The world model (its VAE, text encoder and sampling settings).
+        conditioner: :func:`make_conditioner` of ``model``.
+        sample: A :class:`~cityenv.train.data.TrainPairs` sample.
+
+    Returns:
+        Tensors on the model's device in the transformer's dtype (``n`` target latents,
+        ``Hh`` history latents, ``K' <= max_references`` references): ``targets``
+        ``(1, z, n, h, w)``, ``history`` ``(1, z, Hh, h, w)``, ``references``
+        ``(1, z, K', h, w)``, ``text`` ``(1, S, D)``, and where ``encode`` makes them
+        ``warp`` ``(1, z + 1, n, h, w)`` (only with a reference) and ``sink``
+        ``(1, z, 1, h, w)`` (only with ``use_sink``).
+    """
+    vae, cond, settings = model.vae, conditioner, model.settings
+    dev, dtype = conditioner.device, conditioner.dtype
+    frames = np.asarray(sample["target_frames"])
+    camera = _camera(sample["intrinsics"], frames.shape[2], frames.shape[1])
+    (h, w), z = cond.latent_size(camera), vae.latent_channels
+    history_frames = np.asarray(sample["history_frames"])
+    out = {
+        "targets": vae.encode_chunk(to_video(frames, dev, dtype)),
+        "history": vae.encode_chunk(to_video(history_frames, dev, dtype))
+        if len(history_frames)
+        else torch.zeros(1, z, 0, h, w, device=dev, dtype=dtype),
+        "text": cond.text_embedding(str(sample["caption"])),
+    }
+    references = _views(sample)[: settings.max_references]
+    out["references"] = torch.cat(
+        [out["history"][:, :, :0], *(cond.encode_reference(v, camera) for v in references)], 2
+    )
+    if references:
+        warps, masks = np.asarray(sample["warp_frames"]), np.asarray(sample["warp_masks"])
+        out["warp"] = cond.encode_warp(warps, masks)
+    if settings.use_sink:
+        out["sink"] = cond.encode_reference(_sink_view(sample, camera), camera)
+    return out
+
+
 def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
@@ -251,4 +345,28 @@ def _views(sample: Mapping[str, Any]) -> list[ReferenceView]:
         pose = Pose.from_matrix(np.asarray(sample["reference_poses"][i]))
         view_id = int(sample["reference_view_ids"][i])
         out.append(ReferenceView(view_id, images[i], np.zeros((h, w), np.float32), camera, pose))
+    return out
+
+
+def _sink_view(sample: Mapping[str, Any], camera: PinholeCamera) -> ReferenceView:
+    """The sink frame as a view through the target camera (``encode``'s own construction; a
+    cached sample has no ``sink_frame``, and its rays need only the pose and camera)."""
+    image = sample.get("sink_frame")
+    image = np.zeros((camera.height, camera.width, 3), np.uint8) if image is None else image
+    pose = Pose.from_matrix(np.asarray(sample["sink_pose"]))
+    return ReferenceView(
+        -1, np.asarray(image), np.zeros(camera.shape, np.float32), camera, pose, "sink"
+    )
+
+
+def _pose_views(poses: Any, intrinsics: Any, frame: PinholeCamera) -> list[ReferenceView]:
+    """References as image-less views (only their poses and cameras at the frame size): what
+    :meth:`RayMaker.views` reads."""
+    out = []
+    for matrix, k in zip(np.asarray(poses), np.asarray(intrinsics), strict=True):
+        camera = _camera(k, frame.width, frame.height)
+        empty = np.zeros((0, 0, 3), np.uint8)
+        out.append(
+            ReferenceView(-1, empty, np.zeros((0, 0), np.float32), camera, Pose.from_matrix(matrix))
+        )
     return out
