@@ -131,6 +131,20 @@ class CityDataNotFoundError(CityEnvError, FileNotFoundError):
     """No street-view database was given or found for a city; says how to build one."""
 
 
+# --- evaluation ---------------------------------------------------------------------------
+class MetricWeightsError(CityEnvError, ValueError):
+    """Weights given for a perceptual metric (LPIPS, FID, FVD) cannot be read or are of another
+    network: the message names the missing, unexpected and reshaped keys."""
+
+
+class MetricWeightsNotFoundError(MetricWeightsError, FileNotFoundError):
+    """The path given for a metric's weights does not exist or holds no weights file."""
+
+
+class MetricInputError(CityEnvError, ValueError):
+    """Frames or clips given to a metric have the wrong dtype, shape or count."""
+
+
 # --- helpers --------------------------------------------------------------------------------
 def unknown_name(
     kind: str,
