@@ -137,6 +137,19 @@ class EvaluationError(CityEnvError, ValueError):
     window, a window that is not whole chunks, a CityDB anchored elsewhere than the clip store."""
 
 
+class MetricWeightsError(CityEnvError, ValueError):
+    """Weights given for a perceptual metric (LPIPS, FID, FVD) cannot be read or are of another
+    network: the message names the missing, unexpected and reshaped keys."""
+
+
+class MetricWeightsNotFoundError(MetricWeightsError, FileNotFoundError):
+    """The path given for a metric's weights does not exist or holds no weights file."""
+
+
+class MetricInputError(CityEnvError, ValueError):
+    """Frames or clips given to a metric have the wrong dtype, shape or count."""
+
+
 # --- training -------------------------------------------------------------------------------
 class LatentCacheError(CityEnvError, ValueError):
     """A training latent cache folder is incomplete, of another format, or was made for other

@@ -4,6 +4,8 @@
   window of distance travelled (drift);
 - :mod:`~cityenv.eval.replay`: a held-out clip window replayed by a world model from its first
   frame along its exact trajectory, references from other traversals and capture times;
+- :mod:`~cityenv.eval.perceptual`: LPIPS, FID and FVD on networks loaded from local weights
+  (plain torch; reported as not computed without weights);
 - :mod:`~cityenv.eval.camera`: RotErr / TransErr from camera poses that pycolmap estimates on the
   generated frames (and on the ground truth: the estimator's floor);
 - :mod:`~cityenv.eval.render`: ground-truth renders under named conditions through a registry
