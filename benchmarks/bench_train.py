@@ -88,7 +88,7 @@ def run_config(args, preset: str, data: Path, *, procs: int, cache: bool) -> dic
         overrides.append(f"parallel.device={args.device}")
     if cache:
         overrides.append("data.latent_cache=true")
-        overrides.append(f"+data.latent_cache_dir={Path(args.work) / 'latents'}")
+        overrides.append(f"data.latent_cache_dir={Path(args.work) / 'latents'}")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if procs > 1:
         cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone",
