@@ -80,7 +80,7 @@ def build_data(cfg: TrainConfig, model: DiffusionWorldModel) -> TrainPairs | Cac
     root = Path(d.latent_cache_dir).expanduser() if d.latent_cache_dir else None
     cache = precompute_latents(pairs, model, root, progress=cfg.progress, num_workers=d.num_workers)
     log.info("training on the latent cache %s (%d samples)", cache.folder, len(cache))
-    return CachedPairs(cache)
+    return CachedPairs(cache, pairs)
 
 
 def _task(cfg: TrainConfig, model: DiffusionWorldModel) -> TransformerTask | VAETask:
@@ -127,7 +127,7 @@ def build_validator(
     cfg: TrainConfig,
     task: TransformerTask | VAETask,
     model: DiffusionWorldModel,
-    data: TrainPairs,
+    data: TrainPairs | CachedPairs,
     backend: ParallelBackend,
 ) -> Validator | None:
     """The validation hook (``None`` for ``validation.every=-1``); every rank builds it (the
@@ -139,6 +139,7 @@ def build_validator(
     v = cfg.validation
     if v.every < 0:
         return None
+    data = getattr(data, "pairs", None) or data  # the pairs behind a latent cache
     settings = ValidationSettings(
         clips=v.clips,
         chunks=v.chunks,

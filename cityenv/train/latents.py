@@ -343,13 +343,22 @@ class CachedPairs(Dataset):
 
     Args:
         cache: The cache, or its folder (opened with :meth:`LatentCache.open`).
+        pairs: The :class:`TrainPairs` it was made from, if at hand (names samples in messages;
+            the validation pass reads its data folders and settings).
     """
 
-    def __init__(self, cache: LatentCache | str | os.PathLike[str]) -> None:
+    def __init__(
+        self, cache: LatentCache | str | os.PathLike[str], pairs: TrainPairs | None = None
+    ) -> None:
         self.cache = cache if isinstance(cache, LatentCache) else LatentCache.open(cache)
+        self.pairs = pairs
 
     def __len__(self) -> int:
         return len(self.cache)
+
+    def describe(self, index: int) -> str:
+        """``<clip_id>@<frame>`` of sample ``index`` when the pairs are known, else its index."""
+        return self.pairs.describe(index) if self.pairs is not None else f"sample {index}"
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.cache.load(index)
