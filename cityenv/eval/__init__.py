@@ -3,8 +3,14 @@
 - :mod:`~cityenv.eval.metrics`: PSNR and SSIM per frame, whole and on static regions, and per
   window of distance travelled (drift);
 - :mod:`~cityenv.eval.replay`: a held-out clip window replayed by a world model from its first
-  frame along its exact trajectory, references from other traversals and capture times.
+  frame along its exact trajectory, references from other traversals and capture times;
+- :mod:`~cityenv.eval.bench`: the bench as data (:class:`BenchSpec`: data, clips, window, start,
+  prompt, reference exclusion, K, seed) and :data:`BENCH_PROVIDERS` (Town-Bench from
+  ``carla_tools.town_bench``);
+- :mod:`~cityenv.eval.rows`: the rows: warp baseline, diffusion model, its ablations;
+- :mod:`~cityenv.eval.app` (``python -m cityenv.eval``): the resumable run, per-clip results;
+- :mod:`~cityenv.eval.report`: ``report.md``, ``results.json``, plots, side-by-side videos.
 
-The training run's validation pass (:mod:`cityenv.train.validate`) uses both, so training curves
-and the bench share one replay and one metric code path.
+The training run's validation pass (:mod:`cityenv.train.validate`) uses metrics and replay, so
+training curves and the bench share one replay and one metric code path.
 """
