@@ -137,6 +137,11 @@ class EvaluationError(CityEnvError, ValueError):
     window, a window that is not whole chunks, a CityDB anchored elsewhere than the clip store."""
 
 
+class BenchError(EvaluationError):
+    """A bench spec that does not fit its data or its rows: clips that do not exist or are too
+    short, a frame size a row's model cannot make, results of another bench in the run folder."""
+
+
 class MetricWeightsError(CityEnvError, ValueError):
     """Weights given for a perceptual metric (LPIPS, FID, FVD) cannot be read or are of another
     network: the message names the missing, unexpected and reshaped keys."""

@@ -9,8 +9,14 @@
 - :mod:`~cityenv.eval.camera`: RotErr / TransErr from camera poses that pycolmap estimates on the
   generated frames (and on the ground truth: the estimator's floor);
 - :mod:`~cityenv.eval.render`: ground-truth renders under named conditions through a registry
-  the built-in town fills (prompt adherence, long routes).
+  the built-in town fills (prompt adherence, long routes);
+- :mod:`~cityenv.eval.bench`: the bench as data (:class:`BenchSpec`: data, clips, window, start,
+  prompt, reference exclusion, K, seed) and :data:`BENCH_PROVIDERS` (Town-Bench from
+  ``carla_tools.town_bench``);
+- :mod:`~cityenv.eval.rows`: the rows: warp baseline, diffusion model, its ablations;
+- :mod:`~cityenv.eval.app` (``python -m cityenv.eval``): the resumable run, per-clip results;
+- :mod:`~cityenv.eval.report`: ``report.md``, ``results.json``, plots, side-by-side videos.
 
-The training run's validation pass (:mod:`cityenv.train.validate`) uses both, so training curves
-and the bench share one replay and one metric code path.
+The training run's validation pass (:mod:`cityenv.train.validate`) uses metrics and replay, so
+training curves and the bench share one replay and one metric code path.
 """

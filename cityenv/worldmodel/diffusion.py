@@ -525,7 +525,8 @@ class DiffusionWorldModel(WorldModel):
         Args:
             trajectory: The chunk's ``L`` poses.
             references: Its references (the first ``max_references`` and, with ``use_sink``, the
-                sink are encoded; the warp is used when there is a reference).
+                sink are encoded; the warp is used when there is a reference). Conditions in
+                ``settings.ablate`` are then dropped.
             warps: :meth:`warp`'s output, if already made (computed otherwise).
             masks: Its masks.
         """
@@ -537,7 +538,9 @@ class DiffusionWorldModel(WorldModel):
             if warps is None or masks is None:
                 warps, masks = self.warp(trajectory, references)
             warp = self.conditioner.encode_warp(warps, masks)
-        return self._sequence(groups, references, warp, matrices[0], history=True)
+        seq = self._sequence(groups, references, warp, matrices[0], history=True)
+        # settings.ablate: conditions withheld in every branch (City-Bench's ablations)
+        return seq.drop(self.settings.ablate) if self.settings.ablate else seq
 
     def noise(self, num_latents: int) -> torch.Tensor:
         """Initial noise ``(1, z, n, h, w)`` of ``n`` latents at the camera's size, from the

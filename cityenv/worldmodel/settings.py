@@ -91,6 +91,8 @@ class SamplingSettings:
         guidance_scale: Classifier-free guidance scale (1 = no unconditional pass).
         guidance_drop: Conditions the unconditional branch drops: any of ``text``,
             ``references`` (references and sink) and ``warp``.
+        ablate: Conditions never given to the model, in every branch (ablations such as
+            City-Bench's "no warp channels"; names as ``guidance_drop``).
 
     Raises:
         InvalidOptionError: If a value has the wrong type or is out of range.
@@ -108,13 +110,14 @@ class SamplingSettings:
     shift: float | None = None
     guidance_scale: float = 1.0
     guidance_drop: tuple[str, ...] = ("text",)
+    ablate: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "guidance_drop":
-                value = _drops(owner, value)
+            if f.name in ("guidance_drop", "ablate"):
+                value = _drops(owner, value, f.name)
             elif f.name == "shift":
                 value = check_option(owner, f.name, value, "float", optional=True)
             else:
@@ -152,6 +155,7 @@ class SamplingSettings:
         """JSON-ready values (``guidance_drop`` as a list)."""
         out = dataclasses.asdict(self)
         out["guidance_drop"] = list(self.guidance_drop)
+        out["ablate"] = list(self.ablate)
         return out
 
 
@@ -159,12 +163,13 @@ def _kind(annotation: Any) -> str:
     return {"int": "int", "bool": "bool", "float": "float"}[str(annotation)]
 
 
-def _drops(owner: str, value: Any) -> tuple[str, ...]:
-    """``guidance_drop`` as a tuple of known condition names (one name alone is taken as one)."""
+def _drops(owner: str, value: Any, key: str = "guidance_drop") -> tuple[str, ...]:
+    """``guidance_drop`` / ``ablate`` as a tuple of known condition names (one name alone is
+    taken as one)."""
     names = (value,) if isinstance(value, str) else value
     if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
         raise InvalidOptionError(
-            f"{owner}: guidance_drop must be a list of condition names from {list(CONDITIONS)}, "
+            f"{owner}: {key} must be a list of condition names from {list(CONDITIONS)}, "
             f"got {type(value).__name__} {value!r}."
         )
-    return tuple(check_name("guidance_drop condition", n, CONDITIONS) for n in names)
+    return tuple(check_name(f"{key} condition", n, CONDITIONS) for n in names)
