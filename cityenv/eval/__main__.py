@@ -29,11 +29,11 @@ register_configs()
 @hydra.main(version_base=None, config_path=str(config_dir()), config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Evaluate and log where the report went."""
-    from cityenv.eval.app import run
+    from cityenv.eval.app import perceptual_metrics, run
 
     config: EvalConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     try:
-        result = run(config)
+        result = run(config, row_metrics=[perceptual_metrics(config)])
     except CityEnvError as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -70,6 +70,21 @@ class ModelConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Perceptual metrics from weights on a local path (``docs/benchmark.md``); a metric without
+    weights is reported as not computed, never estimated."""
+
+    lpips_weights: str | None = None
+    """Folder with torchvision's VGG16 weights and lpips's v0.1 ``vgg.pth``."""
+    fid_weights: str | None = None
+    """pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``."""
+    fvd_weights: str | None = None
+    """pytorch-i3d's ``rgb_imagenet.pt``."""
+    device: str = "cpu"
+    """Where the metric networks run."""
+
+
+@dataclass
 class EvalConfig:
     """``python -m cityenv.eval``: see ``docs/benchmark.md``."""
 
@@ -89,6 +104,23 @@ class EvalConfig:
     videos: int = 3
     """Side-by-side videos (ground truth | warp | model rows) of the first N clips."""
     progress: bool = True
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """LPIPS / FID / FVD weights (none given: those columns read n/c with the reason)."""
+
+
+def perceptual_metrics(cfg: EvalConfig) -> RowMetric:
+    """The LPIPS / FID / FVD plug-in of ``cfg.metrics`` (weights loaded and checked now).
+
+    Raises:
+        MetricWeightsNotFoundError: If a weights path does not exist.
+        MetricWeightsError: If weights are of another architecture (the keys are named).
+    """
+    from cityenv.eval.perceptual import PerceptualMetrics
+
+    m = cfg.metrics
+    return PerceptualMetrics.from_config(
+        m.lpips_weights, m.fid_weights, m.fvd_weights, device=m.device
+    )
 
 
 def register_configs() -> None:

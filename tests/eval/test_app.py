@@ -215,3 +215,30 @@ def test_sampling_settings_ablate_withholds_the_warp_in_every_branch(eval_data):
         seqs[ablate] = model.condition(window.trajectory[1:], refs)
     assert seqs[()].warp is not None and seqs[("warp",)].warp is None
     assert torch.equal(seqs[()].references, seqs[("warp",)].references)
+
+
+def test_perceptual_metrics_from_local_weights_reach_the_report(eval_data, tmp_path):
+    """LPIPS from weights on disk (random weights of the real architecture) is computed for each
+    row; FID and FVD, given no weights, read n/c with the reason."""
+    from safetensors.torch import save_file
+
+    from cityenv.eval.app import MetricsConfig, perceptual_metrics
+    from cityenv.eval.perceptual import LPIPS
+
+    torch.manual_seed(0)
+    state = {k: v.abs() if k.startswith("lin") else v for k, v in LPIPS().state_dict().items()}
+    weights = tmp_path / "lpips"
+    weights.mkdir()
+    save_file(
+        {k: v for k, v in state.items() if k.startswith("features.")}, weights / "vgg16.safetensors"
+    )
+    save_file({k: v for k, v in state.items() if k.startswith("lin")}, weights / "vgg.safetensors")
+    cfg = _config(eval_data, tmp_path / "out", warp=True, model=ModelConfig())
+    cfg.metrics = MetricsConfig(lpips_weights=str(weights))
+    run(cfg, row_metrics=[perceptual_metrics(cfg)])
+    summary = json.loads((tmp_path / "out" / "rows" / "warp" / "summary.json").read_text())
+    assert summary["metrics"]["lpips"] is not None and summary["metrics"]["lpips"] > 0
+    assert summary["metrics"]["fid"] is None
+    assert "metrics.fid_weights=PATH" in summary["not_computed"]["fid"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "n/c" in report
