@@ -75,9 +75,14 @@ def _scalars(run: Path, tag: str) -> list[float]:
     return [e.value for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
 
 
-def run_config(args, preset: str, data: Path, *, procs: int, cache: bool) -> dict:
-    """One timed training run in a fresh process; returns its figures."""
-    out = Path(args.work) / f"{preset}-p{procs}-{'cache' if cache else 'nocache'}"
+def run_config(
+    args, preset: str, data: Path, *, procs: int, cache: bool, threads: int | None = None
+) -> dict:
+    """One timed training run in a fresh process; returns its figures.
+
+    ``threads`` sets ``OMP_NUM_THREADS`` (torchrun sets 1 per process by itself)."""
+    tag = f"-t{threads}" if threads else ""
+    out = Path(args.work) / f"{preset}-p{procs}{tag}-{'cache' if cache else 'nocache'}"
     shutil.rmtree(out, ignore_errors=True)
     overrides = [
         f"data.root={data}", f"model={preset}", f"out={out}", f"optim.steps={args.steps}",
@@ -90,6 +95,8 @@ def run_config(args, preset: str, data: Path, *, procs: int, cache: bool) -> dic
         overrides.append("data.latent_cache=true")
         overrides.append(f"data.latent_cache_dir={Path(args.work) / 'latents'}")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     if procs > 1:
         cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone",
                f"--nproc_per_node={procs}", "-m", "cityenv.train", *overrides]  # fmt: skip
@@ -106,7 +113,8 @@ def run_config(args, preset: str, data: Path, *, procs: int, cache: bool) -> dic
     step_s = statistics.median(times) if times else float("nan")
     samples = args.batch * procs
     return {
-        "preset": preset, "procs": procs, "cache": cache, "steps_timed": len(times),
+        "preset": preset, "procs": procs, "threads": threads or ("1/proc" if procs > 1 else "all"),
+        "cache": cache, "steps_timed": len(times),
         "step_s_median": round(step_s, 4), "samples_per_s": round(samples / step_s, 3),
         "peak_rss_gib": peak, "wall_s": round(wall, 1),
     }  # fmt: skip
@@ -155,8 +163,11 @@ def main() -> None:
             rows.append(run_config(args, preset, data, procs=1, cache=cache))
             print(json.dumps(rows[-1]))
         if not args.no_procs and args.device != "cuda":
+            # scaling: 2 processes of 1 thread each against 1 process of 1 thread
+            rows.append(run_config(args, preset, data, procs=1, cache=False, threads=1))
+            one = rows[-1]
+            print(json.dumps(one))
             rows.append(run_config(args, preset, data, procs=2, cache=False))
-            one = next(r for r in rows if r["preset"] == preset and r["procs"] == 1)
             two = rows[-1]
             if "samples_per_s" in one and "samples_per_s" in two:
                 two["scaling_efficiency"] = round(
@@ -174,8 +185,8 @@ def main() -> None:
             continue
         eff = f"  scaling {r['scaling_efficiency']:.2f}" if "scaling_efficiency" in r else ""
         print(
-            f"{r['preset']:8} {r['procs']:>5} {str(r['cache']):>6} {r['step_s_median']:>8.3f} "
-            f"{r['samples_per_s']:>10.2f} {r['peak_rss_gib']:>8.2f}{eff}"
+            f"{r['preset']:8} {r['procs']:>5} {str(r['threads']):>8} {str(r['cache']):>6} "
+            f"{r['step_s_median']:>8.3f} {r['samples_per_s']:>10.2f} {r['peak_rss_gib']:>8.2f}{eff}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
