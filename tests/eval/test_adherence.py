@@ -133,7 +133,7 @@ def test_the_prompt_blind_warp_model_is_at_chance(renderer, references, trajecto
         assert np.count_nonzero(matrix.sum(axis=0)) == 1 and np.trace(matrix) == 1
     assert warp.accuracy_colour == warp.accuracy_psnr == pytest.approx(warp.chance)
     assert warp.accuracy_colour < oracle.accuracy_colour
-    # its clear-noon look is nearest the sunset render (recorded: 2024-05, tiny town)
+    # its clear-noon look is nearest the sunset render (as recorded on the tiny town, 64 x 48)
     assert warp.trials[0].closest_colour == "sunset"
     assert all(t.psnr.max() < 30.0 for t in warp.trials)
 
