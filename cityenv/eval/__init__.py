@@ -10,6 +10,10 @@
   generated frames (and on the ground truth: the estimator's floor);
 - :mod:`~cityenv.eval.render`: ground-truth renders under named conditions through a registry
   the built-in town fills (prompt adherence, long routes);
+- :mod:`~cityenv.eval.adherence`: prompt adherence: one trajectory rendered under several
+  conditions, generated with each condition's prompt; how often the clip is closest to its own;
+- :mod:`~cityenv.eval.longroute`: ~1 km routes rolled out and scored per 100 m segment (drift,
+  colour and sharpness inside the ground truth's range);
 - :mod:`~cityenv.eval.bench`: the bench as data (:class:`BenchSpec`: data, clips, window, start,
   prompt, reference exclusion, K, seed) and :data:`BENCH_PROVIDERS` (Town-Bench from
   ``carla_tools.town_bench``);
