@@ -82,6 +82,9 @@ __all__ = [
     "read_clip_row",
     "reference_traversal",
     "split_traversals",
+    "anchor_mismatch",
+    "resize_frames",
+    "resize_masks",
     "store_marker",
 ]
 
@@ -788,3 +791,41 @@ def _read_poses(path: Path, info: ClipInfo) -> tuple[Trajectory, list[datetime]]
         np.asarray(cols["t"]),
     )
     return trajectory, [_utc(t) for t in cols["time"]]
+
+
+# --- helpers for consumers (training pairs, evaluation replays) -------------------------------
+def resize_frames(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 ``(T, H, W, 3)`` -> ``(T, size[1], size[0], 3)`` (area filter); as is when equal."""
+    if rgb.shape[2] == size[0] and rgb.shape[1] == size[1]:
+        return rgb
+    import cv2
+
+    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in rgb])
+
+
+def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """bool ``(T, H, W)`` -> ``(T, size[1], size[0])`` (nearest); as is when equal."""
+    if masks.shape[2] == size[0] and masks.shape[1] == size[1]:
+        return masks
+    import cv2
+
+    small = [cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) for m in masks]
+    return np.stack(small).astype(bool)
+
+
+def anchor_mismatch(
+    store: ClipStore, frame: LocalFrame, citydb: object = "the CityDB"
+) -> str | None:
+    """Why ``store``'s poses are not in ``frame`` (a CityDB's ENU frame), or ``None`` when they
+    are (or the store, written before anchors were recorded, has none to compare)."""
+    anchor = store.anchor
+    if anchor is None:
+        return None
+    a = (anchor.lat, anchor.lon, anchor.height)
+    b = (frame.lat, frame.lon, frame.height)
+    if np.allclose(a, b, rtol=0.0, atol=1e-7):
+        return None
+    return (
+        f"{citydb} is anchored at (lat, lon, height) {b} but the clip store {store.root} at {a}: "
+        "their poses are in different ENU frames; use the CityDB generated with the clips."
+    )

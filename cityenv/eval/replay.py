@@ -31,7 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from cityenv.citydb.clips import ClipInfo, ClipStore
+from cityenv.citydb.clips import (
+    ClipInfo,
+    ClipStore,
+    anchor_mismatch,
+    resize_frames,
+    resize_masks,
+)
 from cityenv.citydb.reader import CityDB
 from cityenv.citydb.retrieval import Retriever
 from cityenv.errors import EvaluationError, ShapeMismatchError
@@ -195,8 +201,8 @@ class Replayer:
         return ClipWindow(
             info=info,
             frames=clip.frames,
-            rgb=_resize_frames(clip.rgb, (width, height)),
-            dynamic=_resize_masks(clip.dynamic, (width, height)),
+            rgb=resize_frames(clip.rgb, (width, height)),
+            dynamic=resize_masks(clip.dynamic, (width, height)),
             trajectory=clip.trajectory,
             camera=info.camera.rescaled(width, height),
         )
@@ -357,33 +363,6 @@ def _add(timings: dict[str, float], spent: Mapping[str, float]) -> None:
 
 
 def _check_anchor(db: CityDB, store: ClipStore) -> None:
-    anchor = store.anchor
-    if anchor is None:
-        return  # a store written before anchors were recorded: nothing to compare
-    a = (anchor.lat, anchor.lon, anchor.height)
-    b = (db.frame.lat, db.frame.lon, db.frame.height)
-    if not np.allclose(a, b, rtol=0.0, atol=1e-7):
-        raise EvaluationError(
-            f"the CityDB is anchored at (lat, lon, height) {b} but the clip store {store.root} "
-            f"at {a}: their poses are in different ENU frames; use the CityDB generated with "
-            "the clips."
-        )
-
-
-def _resize_frames(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 ``(T, H, W, 3)`` -> ``(T, size[1], size[0], 3)`` (area filter)."""
-    if rgb.shape[2] == size[0] and rgb.shape[1] == size[1]:
-        return rgb
-    import cv2
-
-    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in rgb])
-
-
-def _resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """bool ``(T, H, W)`` -> ``(T, size[1], size[0])`` (nearest)."""
-    if masks.shape[2] == size[0] and masks.shape[1] == size[1]:
-        return masks
-    import cv2
-
-    small = [cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) for m in masks]
-    return np.stack(small).astype(bool)
+    reason = anchor_mismatch(store, db.frame)
+    if reason is not None:
+        raise EvaluationError(reason)

@@ -227,8 +227,7 @@ def _videos(out: Path, results: dict[str, Any], count: int) -> list[Path]:
     """``videos/<clip>.mp4``: ground truth | each row with the clip, left to right."""
     if count <= 0:
         return []
-    from cityenv.citydb.clips import ClipStore
-    from cityenv.eval.replay import _resize_frames
+    from cityenv.citydb.clips import ClipStore, resize_frames
     from cityenv.rollout import VideoWriter  # the project's one MP4 writer
 
     bench = json.loads((out / "bench.json").read_text())
@@ -245,7 +244,7 @@ def _videos(out: Path, results: dict[str, Any], count: int) -> list[Path]:
             continue
         frames = range(window["start"], window["start"] + window["num_frames"])
         truth = store.read_frames(clip_id, frames)
-        truth = _resize_frames(truth, (columns[0].shape[2], columns[0].shape[1]))
+        truth = resize_frames(truth, (columns[0].shape[2], columns[0].shape[1]))
         path = out / "videos" / f"{clip_id}.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
         with VideoWriter(path, fps=max(store.info(clip_id).fps, 4.0)) as video:

@@ -31,7 +31,13 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from cityenv.citydb.clips import ClipStore, split_traversals
+from cityenv.citydb.clips import (
+    ClipStore,
+    anchor_mismatch,
+    resize_frames,
+    resize_masks,
+    split_traversals,
+)
 from cityenv.citydb.reader import CityDB
 from cityenv.citydb.retrieval import Retriever
 from cityenv.errors import CityEnvError, ConfigError
@@ -157,19 +163,9 @@ class TrainPairs(Dataset):
         self._check_anchor(store)
 
     def _check_anchor(self, store: ClipStore) -> None:
-        db, anchor = CityDB.open(self.citydb_path), store.anchor
-        if anchor is None:
-            return  # a store written before anchors were recorded: nothing to compare
-        a, b = (
-            (anchor.lat, anchor.lon, anchor.height),
-            (db.frame.lat, db.frame.lon, db.frame.height),
-        )
-        if not np.allclose(a, b, rtol=0.0, atol=1e-7):
-            raise TrainingDataError(
-                f"the CityDB {self.citydb_path} is anchored at (lat, lon, height) {b} but the "
-                f"clip store {self.clips_path} at {a}: their poses are in different ENU frames; "
-                "use the CityDB generated with the clips."
-            )
+        reason = anchor_mismatch(store, CityDB.open(self.citydb_path).frame, self.citydb_path)
+        if reason is not None:
+            raise TrainingDataError(reason)
 
     # --- per-process state ------------------------------------------------------------------------
     def _open(self) -> None:
@@ -230,8 +226,8 @@ class TrainPairs(Dataset):
             last + offset,
         ]
         clip = self._store.read_clip(window.clip_id, frames, depth=False, dynamic=True)
-        rgb = _resize_frames(clip.rgb, self.size)
-        dynamic = _resize_masks(clip.dynamic, self.size)
+        rgb = resize_frames(clip.rgb, self.size)
+        dynamic = resize_masks(clip.dynamic, self.size)
         matrices = clip.trajectory.matrices
         h, n = s.history_frames, s.chunk_frames
         targets = slice(h, h + n)
@@ -304,21 +300,3 @@ def _windows(infos: list[Any], s: PairSettings) -> list[Window]:
 
 def _intrinsics(camera: PinholeCamera) -> np.ndarray:
     return np.array([camera.fx, camera.fy, camera.cx, camera.cy], np.float64)
-
-
-def _resize_frames(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 ``(T, H, W, 3)`` -> ``(T, size[1], size[0], 3)`` (area filter)."""
-    if rgb.shape[2] == size[0] and rgb.shape[1] == size[1]:
-        return rgb
-    import cv2
-
-    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in rgb])
-
-
-def _resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if masks.shape[2] == size[0] and masks.shape[1] == size[1]:
-        return masks
-    import cv2
-
-    small = [cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) for m in masks]
-    return np.stack(small).astype(bool)
