@@ -82,6 +82,9 @@ class MetricsConfig:
     """pytorch-i3d's ``rgb_imagenet.pt``."""
     device: str = "cpu"
     """Where the metric networks run."""
+    camera: bool = False
+    """RotErr / TransErr: camera poses estimated by pycolmap SfM on every generated window and on
+    its ground truth (the estimator's floor); seconds per window, so off by default."""
 
 
 @dataclass
@@ -356,7 +359,7 @@ def _replay_all(
             if key not in windows:
                 windows = {key: replayer.window(key, plan.start, plan.num_frames, spec.frame_size)}
             replay = _replay(replayer, row, windows[key], plan, spec)
-            _write_clip(out / "rows" / row.name, plan, replay, spec)
+            _write_clip(out / "rows" / row.name, plan, replay, spec, cfg.metrics.camera)
             replayed.append((row.name, plan.clip_id))
         bar.update()
     bar.close()
@@ -371,13 +374,28 @@ def _replay(replayer: Replayer, row: Row, window: Any, plan: ClipPlan, spec: Ben
     return replayer.replay(row.model, window, _chunk_frames(row, spec), seed=spec.seed + plan.index)
 
 
-def _write_clip(folder: Path, plan: ClipPlan, replay: Replay, spec: BenchSpec) -> None:
+def _write_clip(
+    folder: Path, plan: ClipPlan, replay: Replay, spec: BenchSpec, camera: bool = False
+) -> None:
     """``<clip>.npz`` (frames), then ``<clip>.json`` (numbers), each written atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{plan.clip_id}.tmp.npz"
     np.savez_compressed(tmp, frames=replay.frames)
     os.replace(tmp, folder / f"{plan.clip_id}.npz")
-    _atomic_write(folder / f"{plan.clip_id}.json", json.dumps(_clip_numbers(plan, replay, spec)))
+    numbers = _clip_numbers(plan, replay, spec)
+    if camera:
+        numbers["camera"] = _camera_numbers(replay)
+    _atomic_write(folder / f"{plan.clip_id}.json", json.dumps(numbers))
+
+
+def _camera_numbers(replay: Replay) -> dict[str, Any]:
+    """RotErr / TransErr of the generated window and of its ground truth (the floor)."""
+    from cityenv.eval.camera import camera_errors
+
+    w = replay.window
+    generated = camera_errors(replay.frames, w.trajectory, w.camera)
+    floor = camera_errors(w.rgb, w.trajectory, w.camera, ignore=w.dynamic)
+    return _finite({"generated": generated.to_dict(), "ground_truth": floor.to_dict()})
 
 
 def _clip_numbers(plan: ClipPlan, replay: Replay, spec: BenchSpec) -> dict[str, Any]:
@@ -431,8 +449,34 @@ def _row_summary(
         for plugin in row_metrics:
             metrics.update(plugin.compute(generated, truth))
             reasons.update(plugin.not_computed)
+    metrics.update(_camera_summary(folder, plans, reasons))
     summary = {"row": row.name, "metrics": metrics, "not_computed": reasons}
     _atomic_write(folder / "summary.json", json.dumps(_finite(summary), indent=2) + "\n")
+
+
+def _camera_summary(folder: Path, plans: list[ClipPlan], reasons: dict[str, str]) -> dict:
+    """Mean RotErr (degrees) / TransErr over the clips SfM could follow, and the ground truth's
+    floor; ``None`` with the reason when no clip was measured or SfM followed none."""
+    clips = [json.loads((folder / f"{p.clip_id}.json").read_text()) for p in plans]
+    measured = [c["camera"] for c in clips if "camera" in c]
+    if not measured:
+        reasons.setdefault("rot_err", "not asked: metrics.camera=true (pycolmap SfM per window)")
+        reasons.setdefault("trans_err", reasons["rot_err"])
+        return {}
+    out: dict[str, float | None] = {}
+    for source, suffix in (("generated", ""), ("ground_truth", "_floor")):
+        ok = [m[source] for m in measured if m[source]["rot_err"] is not None]
+        if ok:
+            out["rot_err" + suffix] = float(np.degrees(np.mean([m["rot_err"] for m in ok])))
+            out["trans_err" + suffix] = float(np.mean([m["trans_err"] for m in ok]))
+            out["camera_clips" + suffix] = len(ok)
+        else:
+            out["rot_err" + suffix] = out["trans_err" + suffix] = None
+            why = measured[0][source]["reason"] or "SfM failed"
+            reasons["rot_err" + suffix] = reasons["trans_err" + suffix] = (
+                f"SfM followed none of {len(measured)} windows ({why})"
+            )
+    return out
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -42,8 +42,10 @@ PLANNED_METRICS = {
     "lpips": ("LPIPS", 4),
     "fid": ("FID", 2),
     "fvd": ("FVD", 2),
-    "rot_err": ("RotErr", 3),
+    "rot_err": ("RotErr (deg)", 2),
     "trans_err": ("TransErr", 3),
+    "rot_err_floor": ("RotErr GT floor", 2),
+    "trans_err_floor": ("TransErr GT floor", 3),
 }
 """Row-level metrics of plug-ins (perceptual, camera): key -> (column title, decimals)."""
 
