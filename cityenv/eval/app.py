@@ -36,6 +36,7 @@ from cityenv.eval.bench import BenchData, BenchSpec, ClipPlan, resolve_bench_dat
 from cityenv.eval.metrics import frame_metrics, per_distance, travelled
 from cityenv.eval.replay import Replay, Replayer
 from cityenv.eval.rows import ABLATIONS, Row, RowSpec, build_rows
+from cityenv.eval.world import WorldTestsConfig, run_world_tests
 
 __all__ = [
     "EvalConfig",
@@ -109,6 +110,8 @@ class EvalConfig:
     progress: bool = True
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     """LPIPS / FID / FVD weights (none given: those columns read n/c with the reason)."""
+    world: WorldTestsConfig = field(default_factory=WorldTestsConfig)
+    """Prompt adherence and long routes on ground-truth renders (``world.adherence=true``)."""
 
 
 def perceptual_metrics(cfg: EvalConfig) -> RowMetric:
@@ -231,6 +234,7 @@ def run(cfg: EvalConfig, row_metrics: Sequence[RowMetric] = ()) -> EvalResult:
     replayed, skipped = _replay_all(out, rows, plans, replayers, spec, cfg)
     for row in rows:
         _row_summary(out, row, plans, replayers, spec, row_metrics)
+    run_world_tests(cfg.world, out, rows, spec, data.citydb, lambda r: _chunk_frames(r, spec))
     from cityenv.eval.report import write_report
 
     report = write_report(out, videos=cfg.videos)

@@ -149,8 +149,10 @@ def write_report(out: str | Path, *, videos: int = 3) -> Path:
     (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
     plots = _plots(out / "plots", results)
     made = _videos(out, results, videos)
+    from cityenv.eval.world import world_markdown
+
     path = out / "report.md"
-    path.write_text(markdown(results, plots, made))
+    path.write_text(markdown(results, plots, made) + world_markdown(out))
     return path
 
 

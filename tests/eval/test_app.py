@@ -263,3 +263,24 @@ def test_camera_errors_reach_the_report_with_the_ground_truths_floor(eval_data, 
         else:
             assert value >= 0 and summary["metrics"]["camera_clips" + suffix] >= 1
     assert "RotErr (deg)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_prompt_adherence_and_a_long_route_reach_the_report(eval_data, tmp_path):
+    """world.adherence / world.long_route on renders of the bench's own town (the tiny test town:
+    seed 1, 1 x 1 block): the warp row ignores prompts, so it cannot beat chance."""
+    from cityenv.eval.world import WorldTestsConfig
+
+    cfg = _config(eval_data, tmp_path / "out", warp=True, model=ModelConfig())
+    cfg.world = WorldTestsConfig(
+        adherence=True, long_route=True, renderer="town",
+        renderer_options={"seed": 1, "blocks": [1, 1]}, conditions=["sunset", "night", "fog"],
+        routes=1, route_m=30.0, long_route_m=100.0, segment_m=50.0, size=[64, 48],
+    )  # fmt: skip
+    run(cfg)
+    adherence = json.loads((tmp_path / "out/world/warp/adherence.json").read_text())
+    assert adherence["conditions"] == ["sunset", "night", "fog"]
+    assert adherence["accuracy_colour"] <= adherence["chance"] + 1e-9  # one output for all prompts
+    route = json.loads((tmp_path / "out/world/warp/long_route.json").read_text())
+    assert route["length_m"] >= 100.0 and len(route["segments"]) >= 2
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Prompt adherence" in report and "## Long route" in report
