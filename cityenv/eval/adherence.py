@@ -46,6 +46,7 @@ import numpy as np
 from cityenv.errors import EvaluationError
 from cityenv.eval.longroute import RouteReferences, chunk_length, frame_statistics, roll_out
 from cityenv.eval.metrics import psnr_per_frame
+from cityenv.eval.plots import pyplot, save_figure
 from cityenv.eval.render import CONDITIONS, GroundTruthRenderer, get_condition, render_condition
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Trajectory
@@ -343,7 +344,7 @@ def plot_adherence(result: AdherenceResult, path: str | os.PathLike[str]) -> Pat
     Returns:
         The written path.
     """
-    plt = _pyplot()
+    plt = pyplot()
 
     names = result.conditions
     panels = (
@@ -370,27 +371,4 @@ def plot_adherence(result: AdherenceResult, path: str | os.PathLike[str]) -> Pat
         ax.set_xlabel("closest ground truth")
         ax.set_ylabel("prompted condition")
         ax.set_title(f"{title}: {accuracy:.2f} (chance {result.chance:.2f})", fontsize=9)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def _pyplot() -> Any:
-    """matplotlib's pyplot drawing to files only (no display on a bench machine).
-
-    Raises:
-        ModuleNotFoundError: Saying how to install matplotlib when it is missing.
-    """
-    try:
-        import matplotlib
-    except ModuleNotFoundError as error:
-        raise ModuleNotFoundError(
-            "plots of the bench need matplotlib, got none installed; pip install matplotlib."
-        ) from error
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return save_figure(fig, path)

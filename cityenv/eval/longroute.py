@@ -43,6 +43,7 @@ from cityenv.citydb.retrieval import Retriever
 from cityenv.citydb.roadgraph import RoadGraph
 from cityenv.errors import EvaluationError, ShapeMismatchError
 from cityenv.eval.metrics import DistanceWindow, frame_metrics, travelled
+from cityenv.eval.plots import pyplot, save_figure
 from cityenv.eval.render import Condition, GroundTruthRenderer, get_condition, render_condition
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
@@ -666,7 +667,7 @@ def plot_long_route(result: LongRouteResult, path: str | os.PathLike[str]) -> Pa
     Returns:
         The written path.
     """
-    plt = _pyplot()
+    plt = pyplot()
 
     centres = [(s.start_m + s.end_m) / 2 for s in result.segments]
     panels = [("psnr_static", "static PSNR (dB)"), ("ssim_static", "static SSIM")]
@@ -683,27 +684,4 @@ def plot_long_route(result: LongRouteResult, path: str | os.PathLike[str]) -> Pa
         ax.set_xlabel("distance travelled (m)")
         ax.set_title(label, fontsize=9)
     fig.suptitle(f"long rollout, {result.length_m:.0f} m, {result.condition}", fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def _pyplot() -> Any:
-    """matplotlib's pyplot drawing to files only (no display on a bench machine).
-
-    Raises:
-        ModuleNotFoundError: Saying how to install matplotlib when it is missing.
-    """
-    try:
-        import matplotlib
-    except ModuleNotFoundError as error:
-        raise ModuleNotFoundError(
-            "plots of the bench need matplotlib, got none installed; pip install matplotlib."
-        ) from error
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return save_figure(fig, path)

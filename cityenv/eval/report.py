@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from cityenv.eval.metrics import per_distance
+from cityenv.eval.plots import pyplot, save_figure
 
 __all__ = ["IMAGE_METRICS", "PLANNED_METRICS", "collect", "write_report"]
 
@@ -199,12 +200,9 @@ def markdown(results: dict[str, Any], plots: list[Path], videos: list[Path]) -> 
 def _plots(folder: Path, results: dict[str, Any]) -> list[Path]:
     """Static PSNR and SSIM over travelled distance, one line per row (matplotlib)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only, no display
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("no plots: matplotlib is not installed (pip install matplotlib)")
+        plt = pyplot()
+    except ModuleNotFoundError as error:
+        log.warning("no plots: %s", error)
         return []
     folder.mkdir(parents=True, exist_ok=True)
     made = []
@@ -219,11 +217,7 @@ def _plots(folder: Path, results: dict[str, Any]) -> list[Path]:
         ax.set_title(f"{results['bench']}: {title} over distance")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        path = folder / f"{key}_distance.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        made.append(path)
+        made.append(save_figure(fig, folder / f"{key}_distance.png"))
     return made
 
 
