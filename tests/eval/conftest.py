@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from cityenv.citydb.writer import CityDBWriter
 
 NOON = datetime(2024, 5, 1, 3, 0, tzinfo=timezone.utc)
 AFTERNOON = datetime(2024, 5, 1, 4, 0, tzinfo=timezone.utc)  # an hour later: outside 30 min
+
+#: The tiny town of the prompt-adherence and long-route tests: 1 x 1 block, 64 px references.
+TINY_TOWN = {"blocks": (1, 1), "size": 64, "spacing_m": 10.0}
 
 
 def make_eval_data(out: Path, clips: int = 6, frames: int = 17, size: int = 64) -> Path:
@@ -76,3 +80,32 @@ def eval_data(tmp_path_factory) -> Path:
 def mirror_db(eval_data, tmp_path_factory) -> Path:
     """A CityDB of the test clips' own frames (see :func:`make_mirror_db`)."""
     return make_mirror_db(eval_data / "clips", tmp_path_factory.mktemp("mirror") / "citydb")
+
+
+@pytest.fixture(scope="module")
+def town_db(tmp_path_factory):
+    """The tiny town's CityDB (clear noon references), in a temporary cache."""
+    from cityenv.envs.town import build_town_db
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("CITYENV_CACHE", str(tmp_path_factory.mktemp("town-cache")))
+    yield build_town_db(**TINY_TOWN, progress=False)
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    """The tiny town's ground-truth renderer."""
+    from carla_tools.eval_render import town_renderer
+    from cityenv.envs.town import TownSpec
+
+    with contextlib.closing(town_renderer(TownSpec(blocks=list(TINY_TOWN["blocks"])))) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def references(town_db):
+    """References of trajectory chunks from the tiny town's CityDB (K = 3)."""
+    from cityenv.eval.longroute import RouteReferences
+
+    return RouteReferences(town_db, num_references=3)

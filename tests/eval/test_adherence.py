@@ -3,15 +3,13 @@ not, and bad input is refused with typed errors."""
 
 from __future__ import annotations
 
-import contextlib
-from datetime import timedelta
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from carla_tools.eval_render import town_renderer
 from cityenv.citydb.roadgraph import RoadGraph
-from cityenv.envs.town import TownSpec
 from cityenv.errors import EvaluationError, ShapeMismatchError, UnknownNameError
 from cityenv.eval.adherence import (
     AdherenceResult,
@@ -19,64 +17,16 @@ from cityenv.eval.adherence import (
     evaluate_adherence,
     plot_adherence,
 )
-from cityenv.eval.longroute import RouteReferences, plan_route
-from cityenv.eval.render import CONDITIONS, render_condition
+from cityenv.eval.longroute import plan_route
 from cityenv.geometry.camera import PinholeCamera
-from cityenv.geometry.pose import Trajectory
 from cityenv.worldmodel import WarpWorldModel
-from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, WorldModel
 
-TINY = {"blocks": (1, 1), "size": 64, "spacing_m": 10.0}
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from oracle_model import OracleWorldModel  # noqa: E402
+
 CAMERA = PinholeCamera.from_fov(64, 48, 90.0)
 CONDITION_NAMES = ("sunset", "night", "fog")
-
-
-class OracleWorldModel(WorldModel):
-    """A perfect world model: it renders the town under the condition its prompt names.
-
-    Trajectories of the tests start at timestamp 0, so a chunk's world clock is the condition's
-    time plus the chunk's first timestamp, as the ground-truth renderer sets it.
-    """
-
-    def __init__(self, renderer) -> None:
-        self.renderer = renderer
-        self.by_caption = {c.caption: c for c in CONDITIONS.values()}
-
-    def reset(self, *, pose, camera, references, start_image=None, prompt=None, generator=None):
-        self.camera, self.condition = camera, self.by_caption[prompt]
-        frames, _ = render_condition(
-            self.renderer, Trajectory.from_poses([pose]), camera, self.condition
-        )
-        return frames[0]
-
-    def generate(self, trajectory: Trajectory, references: ChunkReferences) -> ChunkOutput:
-        when = self.condition.time + timedelta(seconds=float(trajectory.timestamps[0]))
-        frames, _ = self.renderer.render(
-            trajectory, self.camera, time=when, weather=self.condition.weather
-        )
-        return ChunkOutput(frames, None, None, references)
-
-
-@pytest.fixture(scope="module")
-def town_db(tmp_path_factory):
-    """The tiny town's CityDB (clear noon references), in a temporary cache."""
-    from cityenv.envs.town import build_town_db
-
-    patch = pytest.MonkeyPatch()
-    patch.setenv("CITYENV_CACHE", str(tmp_path_factory.mktemp("adherence-cache")))
-    yield build_town_db(**TINY, progress=False)
-    patch.undo()
-
-
-@pytest.fixture(scope="module")
-def renderer():
-    with contextlib.closing(town_renderer(TownSpec(blocks=list(TINY["blocks"])))) as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def references(town_db):
-    return RouteReferences(town_db, num_references=3)
 
 
 @pytest.fixture(scope="module")
