@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from cityenv.errors import ConfigError
@@ -15,7 +17,7 @@ from cityenv.train.data import PairSettings, TrainPairs
 from cityenv.train.latents import CachedPairs, precompute_latents
 from cityenv.train.loop import LoopSettings, Trainer, TrainResult, list_collate
 from cityenv.train.parallel import ParallelBackend
-from cityenv.train.tasks import ObjectiveSettings, TransformerTask, VAETask
+from cityenv.train.tasks import ObjectiveSettings, TransformerTask, VAETask, vae_clip
 from cityenv.train.validate import ValidationSettings, Validator
 from cityenv.worldmodel.diffusion import DiffusionWorldModel
 
@@ -83,13 +85,36 @@ def build_data(cfg: TrainConfig, model: DiffusionWorldModel) -> TrainPairs | Cac
     return CachedPairs(cache, pairs)
 
 
-def _task(cfg: TrainConfig, model: DiffusionWorldModel) -> TransformerTask | VAETask:
+def _task(
+    cfg: TrainConfig, model: DiffusionWorldModel, data: TrainPairs | CachedPairs
+) -> TransformerTask | VAETask:
     o = cfg.objective
     if cfg.stage == "vae":
-        return VAETask(model, kl_weight=o.kl_weight)
+        return VAETask(
+            model,
+            kl_weight=o.kl_weight,
+            calibration=_calibration_clips(data),
+            crop=o.vae_crop,
+            frames=o.vae_frames,
+        )
     drops = {"text": o.drop_text, "references": o.drop_references, "warp": o.drop_warp}
     objective = ObjectiveSettings(drops, o.timestep_shift, o.gradient_checkpointing)
     return TransformerTask(model, objective)
+
+
+CALIBRATION_CLIPS = 32
+"""Samples (spread over the data) whose clips set the exported VAE's latents_mean/std."""
+
+
+def _calibration_clips(data: TrainPairs | CachedPairs) -> Callable[[], Iterator[np.ndarray]]:
+    """The VAE stage's calibration clips: :data:`CALIBRATION_CLIPS` samples evenly spread."""
+
+    def clips() -> Iterator[np.ndarray]:
+        n = len(data)
+        for index in sorted({int(i) for i in np.linspace(0, n - 1, min(n, CALIBRATION_CLIPS))}):
+            yield vae_clip(data.get_seeded(index, 0))
+
+    return clips
 
 
 def _loop_settings(cfg: TrainConfig) -> LoopSettings:
@@ -172,7 +197,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         out = Path(cfg.out)
         model = build_model(cfg, backend)
         data = build_data(cfg, model)
-        task = _task(cfg, model)
+        task = _task(cfg, model, data)
         validate = build_validator(cfg, task, model, data, backend)
         trainer = Trainer(
             task, data, _loop_settings(cfg), out, backend, collate=list_collate, validate=validate

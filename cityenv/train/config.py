@@ -124,6 +124,13 @@ class ObjectiveConfig:
     """Recompute transformer blocks in the backward pass (less memory)."""
     kl_weight: float = 1e-6
     """Stage vae: weight of the KL term."""
+    vae_crop: int | None = None
+    """Stage vae: train on a random square crop of this many pixels (a multiple of the VAE's
+    spatial ratio) of every clip instead of whole frames; the VAE is convolutional, so crops
+    train it for any frame size at a fraction of the cost (null = whole frames)."""
+    vae_frames: int | None = None
+    """Stage vae: train on a random run of this many frames (``1 + 4n``) of every clip (null =
+    the whole clip: the last history frame + the chunk)."""
 
 
 @dataclass
@@ -227,6 +234,9 @@ def check_config(cfg: TrainConfig) -> None:
         "validation.every": cfg.validation.every >= -1,
         "validation.clips": cfg.validation.clips >= 1,
         "validation.chunks": cfg.validation.chunks >= 1,
+        "objective.vae_crop": cfg.objective.vae_crop is None or cfg.objective.vae_crop >= 8,
+        "objective.vae_frames": cfg.objective.vae_frames is None
+        or (cfg.objective.vae_frames >= 1 and cfg.objective.vae_frames % 4 == 1),
     }
     wrong = [k for k, ok in bad.items() if not ok]
     if wrong:

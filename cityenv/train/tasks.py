@@ -15,7 +15,7 @@ with the given weights (the EMA's), built from copies so training is never distu
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cityenv.errors import ConfigError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose
+from cityenv.train.data import TrainingDataError
 from cityenv.worldmodel.checkpoint import save_folder
 from cityenv.worldmodel.conditioning import ChunkSequence, Conditioner, RayMaker, to_video
 from cityenv.worldmodel.diffusion import DiffusionWorldModel
@@ -38,6 +40,7 @@ from cityenv.worldmodel.objective import (
     sample_timestep,
 )
 from cityenv.worldmodel.referencing import Referencer, ReferenceView
+from cityenv.worldmodel.vae import VideoVAE
 
 __all__ = [
     "LATENTS",
@@ -232,8 +235,22 @@ class VAETask:
         kl_weight: Weight of the KL divergence to the unit Gaussian.
     """
 
-    def __init__(self, model: DiffusionWorldModel, kl_weight: float = 1e-6) -> None:
+    def __init__(
+        self,
+        model: DiffusionWorldModel,
+        kl_weight: float = 1e-6,
+        calibration: Callable[[], Iterable[np.ndarray]] | None = None,
+        crop: int | None = None,
+        frames: int | None = None,
+    ) -> None:
         self.model, self.kl_weight = model, float(kl_weight)
+        self.calibration, self.crop, self.frames = calibration, crop, frames
+        ratio = model.vae.spatial_ratio
+        if crop is not None and crop % ratio:
+            raise ConfigError(
+                f"objective.vae_crop must be a multiple of the VAE's spatial ratio {ratio}, got "
+                f"{crop}; use {max(ratio, crop // ratio * ratio)}"
+            )
         model.vae.vae.requires_grad_(True).train()
         self.module = _VAEForward(model.vae.vae)
 
@@ -244,11 +261,24 @@ class VAETask:
         """Reconstruction of each sample's last history frame + targets (a causal clip)."""
         losses = []
         for sample in batch:
-            frames = np.concatenate([sample["history_frames"][-1:], sample["target_frames"]])
-            video = to_video(frames, self.model.device, torch.float32)
+            clip = self._cut(vae_clip(sample), int(sample["seed"]))
+            video = to_video(clip, self.model.device, torch.float32)
             recon, kl = module(video, int(sample["seed"]))
             losses.append(F.l1_loss(recon, video) + F.mse_loss(recon, video) + self.kl_weight * kl)
         return torch.stack(losses).mean()
+
+    def _cut(self, clip: np.ndarray, seed: int) -> np.ndarray:
+        """A random run of ``frames`` frames and square crop of ``crop`` pixels of ``clip``
+        ``(T, H, W, 3)``, drawn from the sample's seed (so resumed runs cut alike)."""
+        rng = np.random.default_rng(seed)
+        t, h, w = clip.shape[:3]
+        if self.frames is not None and self.frames < t:
+            start = int(rng.integers(0, t - self.frames + 1))
+            clip = clip[start : start + self.frames]
+        if self.crop is not None and self.crop < min(h, w):
+            y, x = (int(rng.integers(0, n - self.crop + 1)) for n in (h, w))
+            clip = clip[:, y : y + self.crop, x : x + self.crop]
+        return np.ascontiguousarray(clip)
 
     def export(self, folder: Path, weights: Mapping[str, torch.Tensor]) -> None:
         """Write the world-model folder with ``weights`` (of ``vae.*``) as the VAE's."""
@@ -256,6 +286,9 @@ class VAETask:
         vae = copy.copy(m.vae)
         vae.vae = type(self.module.vae).from_config(self.module.vae.config)
         vae.vae.load_state_dict({k.removeprefix("vae."): v for k, v in weights.items()})
+        vae.vae.to(self.model.device)
+        if self.calibration is not None:
+            vae = calibrate_latents(vae, self.calibration())
         save_folder(
             folder,
             class_name=type(m).__name__,
@@ -265,6 +298,40 @@ class VAETask:
             settings=m.settings,
             text_encoder=m.text_encoder.spec,
         )
+
+
+@torch.no_grad()
+def calibrate_latents(vae: VideoVAE, videos: Iterable[np.ndarray]) -> VideoVAE:
+    """``vae`` with ``latents_mean``/``latents_std`` measured on ``videos``, so the diffusion
+    model works on latents of zero mean and unit variance per channel (as with Wan's VAE).
+
+    Args:
+        vae: The trained VAE (its config's current mean/std are ignored).
+        videos: Clips ``(T, H, W, 3)`` uint8, ``T = 1 + 4n``.
+
+    Returns:
+        A new :class:`VideoVAE` around ``vae.vae`` with the measured statistics in its config.
+
+    Raises:
+        TrainingDataError: If ``videos`` is empty.
+    """
+    raw = vae.vae.eval()
+    total, total_sq, count = 0.0, 0.0, 0
+    for frames in videos:
+        video = to_video(np.asarray(frames), vae.device, vae.dtype)
+        mu = raw.encode(video).latent_dist.mean.double()  # (1, z, t, h, w), unnormalised
+        total = total + mu.sum(dim=(0, 2, 3, 4))
+        total_sq = total_sq + (mu**2).sum(dim=(0, 2, 3, 4))
+        count += mu[:, 0].numel()
+    if count == 0:
+        raise TrainingDataError(
+            "latent calibration expected at least one clip to measure the VAE's latents on, got "
+            "none; check the training data"
+        )
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp_min(1e-12).sqrt()
+    raw.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    return VideoVAE(raw)
 
 
 def make_conditioner(model: DiffusionWorldModel) -> Conditioner:
@@ -324,6 +391,12 @@ def encode_latents(
     if settings.use_sink:
         out["sink"] = cond.encode_reference(_sink_view(sample, camera), camera)
     return out
+
+
+def vae_clip(sample: Mapping[str, Any]) -> np.ndarray:
+    """The clip the VAE stage reconstructs: the last history frame + the targets, ``(1 + L, H,
+    W, 3)`` uint8 (a causal clip of ``1 + 4n`` frames)."""
+    return np.concatenate([sample["history_frames"][-1:], sample["target_frames"]])
 
 
 def _unwrap(module: nn.Module) -> nn.Module:

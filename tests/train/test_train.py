@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from cityenv.citydb.clips import ClipStore, split_traversals
 from cityenv.citydb.reader import CityDB
 from cityenv.errors import ConfigError, UnknownNameError
-from cityenv.train.app import build_model, run
+from cityenv.train.app import _task, build_data, build_model, run
 from cityenv.train.config import (
     CheckpointConfig,
     DataConfig,
@@ -31,7 +31,9 @@ from cityenv.train.config import (
 )
 from cityenv.train.data import PairSettings, TrainingDataError, TrainPairs
 from cityenv.train.parallel import ParallelBackend
+from cityenv.train.tasks import vae_clip
 from cityenv.worldmodel.base import ChunkReferences
+from cityenv.worldmodel.conditioning import to_video
 from cityenv.worldmodel.diffusion import DiffusionWorldModel
 from cityenv.worldmodel.referencing import ReferenceLoader
 
@@ -216,6 +218,37 @@ def test_vae_stage_trains_the_vae(town_data, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)
     t0, t1 = initial.transformer.state_dict(), trained.transformer.state_dict()
     assert all(torch.equal(t0[k], t1[k]) for k in t0), "the transformer is untouched"
+    # the export measured the latents' statistics: the calibration clips encode to zero mean,
+    # unit variance per channel (the preset's config says 0 and 1, the raw encoder does not)
+    config = trained.vae.vae.config
+    assert list(config.latents_mean) != list(initial.vae.vae.config.latents_mean)
+    pairs = build_data(cfg, trained)
+    video = to_video(vae_clip(pairs.get_seeded(0, 0)), "cpu", torch.float32)
+    with torch.no_grad():
+        z = trained.vae.encode(video)
+    assert z.mean().abs() < 0.5 and 0.5 < z.std() < 2.0
+
+
+def test_vae_stage_on_crops_and_frame_runs(town_data, tmp_path):
+    """objective.vae_crop / vae_frames cut every clip to a random crop and run of frames."""
+    cfg = _config(town_data, tmp_path / "vae", steps=1, stage="vae")
+    cfg.optim.ema_decay = None
+    cfg.objective.vae_crop, cfg.objective.vae_frames = 16, 1
+    model = build_model(cfg, ParallelBackend.from_environment("ddp", "cpu"))
+    seen = []
+    model.vae.vae.encoder.register_forward_pre_hook(
+        lambda _, args: seen.append(tuple(args[0].shape))
+    )
+    data = build_data(cfg, model)
+    task = _task(cfg, model, data)
+    task.loss(task.module, [data.get_seeded(0, 0) | {"seed": 0}])
+    assert seen == [(1, 3, 1, 16, 16)]
+    cfg.objective.vae_crop = 12
+    with pytest.raises(ConfigError, match="multiple of the VAE's spatial ratio 8, got 12"):
+        _task(cfg, model, build_data(cfg, model))
+    cfg.objective.vae_crop, cfg.objective.vae_frames = None, 4
+    with pytest.raises(ConfigError, match="objective.vae_frames"):
+        run(cfg)
 
 
 def _cli(out: Path, data: Path, *extra: str) -> list[str]:
