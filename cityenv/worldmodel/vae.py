@@ -28,10 +28,12 @@ import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import (
     WanCausalConv3d,
+    WanRMS_norm,
     patchify,
     unpatchify,
 )
 from torch import Tensor
+from torch.nn import functional as F
 
 from cityenv.errors import CheckpointError, ShapeMismatchError, unknown_name
 
@@ -41,6 +43,56 @@ PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 """File suffixes of pickled weights, which :meth:`VideoVAE.from_pretrained` refuses to load."""
 
 _RANGE_TOLERANCE = 1e-3  # video values may exceed [-1, 1] by this much (float round-off)
+
+
+class _CPUCausalConv3d(WanCausalConv3d):
+    """``WanCausalConv3d`` computed on the CPU as one 2D convolution over stacked frames.
+
+    PyTorch's CPU ``conv3d`` is several times slower than a ``conv2d`` doing the same work: an
+    output frame ``t`` of a ``(kt, kh, kw)`` kernel is a 2D convolution of the ``kt`` input frames
+    it sees, stacked along channels, with the kernel's time taps stacked alike. Same weights,
+    same state-dict keys, same result up to float rounding (tests/worldmodel/test_vae.py); CUDA
+    and grouped or dilated convolutions keep ``conv3d``.
+    """
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if x.device.type != "cpu" or self.groups != 1 or self.dilation != (1, 1, 1):
+            return super()._conv_forward(x, weight, bias)
+        b, c, t, h, w = x.shape
+        out, _, kt, kh, kw = weight.shape
+        st = self.stride[0]
+        n = (t - kt) // st + 1  # output frames (the causal padding is already in x)
+        frames = x.transpose(1, 2)  # (B, T, C, H, W)
+        if kt == 1:
+            stacked = frames[:, : (n - 1) * st + 1 : st]
+        else:
+            taps = (torch.arange(n) * st)[:, None] + torch.arange(kt)[None]  # (n, kt)
+            stacked = frames[:, taps]  # (B, n, kt, C, H, W)
+        stacked = stacked.reshape(b * n, kt * c, h, w)
+        kernel = weight.transpose(1, 2).reshape(out, kt * c, kh, kw)
+        y = F.conv2d(stacked, kernel, bias, self.stride[1:])
+        return y.reshape(b, n, out, *y.shape[-2:]).transpose(1, 2)
+
+
+class _CPURMSNorm(WanRMS_norm):
+    """``WanRMS_norm`` over channels as a sum of squares: ``F.normalize`` over dim 1 of a
+    ``(B, C, T, H, W)`` tensor is a strided reduction that is slow on the CPU; the result is the
+    same up to float rounding."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or not self.channel_first or x.dtype != torch.float32:
+            return super().forward(x)
+        norm = x.square().sum(1, keepdim=True).sqrt().clamp_min(1e-12)
+        return x / norm * (self.scale * self.gamma) + self.bias
+
+
+def _use_cpu_kernels(vae: AutoencoderKLWan) -> None:
+    """Swap the VAE's causal convolutions and RMS norms for their fast CPU forms (in place)."""
+    for module in vae.modules():
+        if type(module) is WanCausalConv3d:
+            module.__class__ = _CPUCausalConv3d
+        elif type(module) is WanRMS_norm:
+            module.__class__ = _CPURMSNorm
 
 
 def _num_causal_convs(module: torch.nn.Module) -> int:
@@ -77,6 +129,7 @@ class VideoVAE:
                 "with VideoVAE.from_config(...) or VideoVAE.from_pretrained(folder)"
             )
         self.vae = vae.eval().requires_grad_(False)
+        _use_cpu_kernels(vae)
         config = vae.config
         self.latent_channels = int(config.z_dim)
         self.in_channels = int(config.in_channels)

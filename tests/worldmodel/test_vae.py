@@ -203,3 +203,27 @@ def test_wraps_a_given_model():
     raw = AutoencoderKLWan(**TINY)
     wrapped = VideoVAE(raw)
     assert wrapped.vae is raw and wrapped.latent_channels == 4
+
+
+def test_cpu_kernels_equal_diffusers_and_keep_gradients():
+    """The fast CPU convolutions and norms give diffusers' own results (encode, decode and
+    gradients), with the same state-dict keys."""
+    fast = make_vae(3)
+    torch.manual_seed(3)
+    reference = AutoencoderKLWan.from_config(TINY)  # diffusers' modules, untouched
+    assert fast.vae.state_dict().keys() == reference.state_dict().keys()
+    assert any(type(m).__name__ == "_CPUCausalConv3d" for m in fast.vae.modules())
+    x = video(2, 9)
+    with torch.no_grad():
+        mu = reference.encode(x).latent_dist.mean
+        mean, std = fast._mean.float(), fast._std.float()
+        torch.testing.assert_close(fast.encode(x), (mu - mean) / std, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            fast.vae.decode(mu).sample, reference.decode(mu).sample, rtol=1e-4, atol=1e-5
+        )
+    fast.vae.requires_grad_(True)
+    for model in (fast.vae, reference):
+        model.zero_grad()
+        model.decode(mu).sample.square().mean().backward()
+    for (name, a), b in zip(fast.vae.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6, msg=name)
