@@ -58,6 +58,7 @@ from cityenv.worldmodel.presets import PRESETS, load_preset
 from cityenv.worldmodel.referencing import Referencer
 from cityenv.worldmodel.sampling import denoise, initial_noise, with_shift
 from cityenv.worldmodel.settings import CONDITIONS, SamplingSettings
+from cityenv.worldmodel.shipped import shipped_model_path
 from cityenv.worldmodel.text import LazyTextEncoder, TextEncoder, as_dtype
 from cityenv.worldmodel.vae import VideoVAE
 from cityenv.worldmodel.warp import first_frame
@@ -195,8 +196,9 @@ class DiffusionWorldModel(WorldModel):
         """The environment's factory (``world_model="diffusion"``), from checked options.
 
         Called as ``create(**world_model_options)``: ``path`` (a folder written by
-        :meth:`save_pretrained`; ``None`` gives random weights of ``preset``, with a warning: the
-        frames are noise until a trained model is used), ``preset`` (default ``small``),
+        :meth:`save_pretrained`), ``preset`` (random weights of a preset, with a warning: the
+        frames are noise until a trained model is used; with neither, the shipped model of the
+        built-in town, :func:`~cityenv.worldmodel.shipped.shipped_model_path`),
         ``seed``, ``device``, ``torch_dtype`` and any :class:`SamplingSettings` override. A
         :class:`DiffusionOptions` (or a mapping of it) may be passed as the first argument
         instead.
@@ -209,9 +211,10 @@ class DiffusionWorldModel(WorldModel):
             opts = DiffusionOptions.coerce(path, **options)
         else:
             opts = DiffusionOptions.coerce({"path": path, **options})
-        if opts.path is not None:
+        if opts.path is not None or opts.preset is None:
+            path = shipped_model_path() if opts.path is None else opts.path
             return cls.from_pretrained(
-                opts.path, device=opts.device, torch_dtype=opts.torch_dtype, **opts.sampling
+                path, device=opts.device, torch_dtype=opts.torch_dtype, **opts.sampling
             )
         warnings.warn(
             f"world_model='diffusion' without a path: random weights of the {opts.preset!r} "

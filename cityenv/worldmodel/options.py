@@ -98,8 +98,10 @@ class DiffusionOptions:
     app's ``+world_model_options.history=2`` give them.
 
     Attributes:
-        path: A folder written by ``save_pretrained``; ``None`` = random weights of ``preset``.
-        preset: The preset for random weights (``configs/worldmodel/<preset>.yaml``).
+        path: A folder written by ``save_pretrained``; ``None`` = random weights of ``preset``,
+            or without a preset the shipped model (:mod:`cityenv.worldmodel.shipped`).
+        preset: The preset for random weights (``configs/worldmodel/<preset>.yaml``); ``None``
+            (with no ``path``) = the shipped, trained model.
         seed: Seeds random weights.
         device: Where the model runs (``"cpu"``, ``"cuda:0"``, a ``torch.device``); ``None`` =
             CUDA when available.
@@ -113,7 +115,7 @@ class DiffusionOptions:
     """
 
     path: str | os.PathLike[str] | None = None
-    preset: str = "small"
+    preset: str | None = None
     seed: int = 0
     device: Any = None
     torch_dtype: Any = None
@@ -126,7 +128,8 @@ class DiffusionOptions:
                 f"{owner}: path must be a folder path (str) or null, got "
                 f"{type(self.path).__name__} {self.path!r}."
             )
-        check_option(owner, "preset", self.preset, "str")
+        if self.preset is not None:
+            check_option(owner, "preset", self.preset, "str")
         check_option(owner, "seed", self.seed, "int")
         for key in ("device", "torch_dtype"):
             value = getattr(self, key)

@@ -20,7 +20,7 @@ from cityenv.errors import unknown_name
 __all__ = ["PRESETS", "load_preset", "preset_names"]
 
 #: The presets cityenv ships (a YAML file added to ``configs/worldmodel/`` is a preset too).
-PRESETS = ("tiny", "small", "swm-tf", "swm-sf")
+PRESETS = ("tiny", "small", "town", "swm-tf", "swm-sf")
 
 
 def _folder() -> Path:
