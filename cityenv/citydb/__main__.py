@@ -59,6 +59,7 @@ def _add_photos_parser(sub: argparse._SubParsersAction) -> None:
     photos.add_argument("--depth", default="none", help="depth source: none, sfm, depth-anything")
     photos.add_argument("--depth-model", help="local model folder of --depth depth-anything")
     photos.add_argument("--geoid-undulation", type=float, help="N in metres (h = altitude + N)")
+    photos.add_argument("--max-sfm-residual", type=float, default=3.0, help="SfM gate, metres")
     photos.add_argument("--jpeg", action="store_true", help="store JPEG instead of lossless PNG")
     photos.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
@@ -76,6 +77,7 @@ def _ingest_photos(args: argparse.Namespace) -> None:
         depth=args.depth,
         depth_options={"model": args.depth_model} if args.depth_model else None,
         geoid=args.geoid_undulation,
+        max_sfm_residual_m=args.max_sfm_residual,
         image_format="jpeg" if args.jpeg else None,
         progress=not args.no_progress,
     )

@@ -9,6 +9,7 @@ the environment must run on the resulting database.
 from __future__ import annotations
 
 import math
+import json
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,21 +19,17 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from cityenv.citydb.photos import (
-    ingest_photos,
-)
+from cityenv.citydb.photos import DEPTH_SOURCES, ingest_photos
 from cityenv.citydb.photos.records import FULL_FRAME_DIAGONAL_MM
 from cityenv.citydb.reader import CityDB
-from cityenv.errors import (
-    DepthlessViewWarning,
-)
+from cityenv.errors import DepthlessViewWarning, DepthModelError, IngestError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose
 
 pytest.importorskip("moderngl")  # the town renders through headless EGL
 
 T0 = datetime(2024, 5, 1, 3, 0, tzinfo=timezone.utc)  # noon in Seoul
-SIZE = (320, 240)
+SIZE = (320, 240)  # photo size, pixels
 FOV = 70.0
 STEP = 2  # lane waypoints (about 2 m apart) between photos
 DISTORTION = (-0.08, 0.02, 0.0, 0.0, 0.0)  # OpenCV k1, k2, p1, p2, k3: mild barrel
@@ -148,10 +145,10 @@ def render_sequence(
 STREET_HALF_WIDTH = 6.0
 
 
-def _noise_texture(rng: np.random.Generator, size: int = 512) -> np.ndarray:
+def _noise_texture(rng: np.random.Generator, size: int = 1024) -> np.ndarray:
     """Multi-scale noise ``(size, size)`` float32 in [0, 1]: corners at every SIFT scale."""
     out = np.zeros((size, size), np.float32)
-    for cells in (8, 32, 128):
+    for cells in (16, 64, 256):
         grid = rng.random((cells, cells)).astype(np.float32)
         out += cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
     return (out - out.min()) / np.ptp(out)
@@ -173,7 +170,9 @@ def render_street(camera: PinholeCamera, pose: Pose, textures: list[np.ndarray])
     plane = hits.argmin(0)
     t = hits.min(0)
     point = c + t[:, None] * d
-    uv = np.where(plane[:, None] == 2, point[:, [0, 1]], point[:, [1, 2]]) * 40.0  # 2.5 cm texels
+    uv = (
+        np.where(plane[:, None] == 2, point[:, [0, 1]], point[:, [1, 2]]) * 20.0
+    )  # 5 cm texels: the texture repeats every 51 m
     rgb = np.zeros((len(t), 3), np.float32)
     tints = np.array([[1.0, 0.8, 0.6], [0.6, 0.8, 1.0], [0.7, 0.7, 0.7]], np.float32)
     for k, texture in enumerate(textures):
@@ -200,7 +199,7 @@ def street_sequence(folder: Path, *, count: int = 8, sigma: float = GPS_SIGMA_M,
     camera = PinholeCamera(320, 240, fx=220.0, fy=220.0, cx=160.0, cy=120.0)
     truth = []
     for k in range(count):
-        pose = Pose.from_heading([1.0 * (k % 2), 1.5 * k, 1.6], 6.0 * (k % 3 - 1))
+        pose = Pose.from_heading([1.0 * (k % 2), 2.5 * k, 1.6], 6.0 * (k % 3 - 1))
         rgb, depth = render_street(camera, pose, textures)
         noisy = pose.position + np.r_[rng.normal(0, sigma, 2), rng.normal(0, 2 * sigma)]
         lat, lon, h = frame.enu_to_geodetic(noisy)
@@ -357,7 +356,8 @@ def test_the_environment_runs_on_ingested_photos(town_photos, tiny_depth_anythin
     folder, _, _, frame = town_photos
     report = ingest_photos(
         folder, tmp_path / "db", city="town", frame=frame, progress=False,
-        depth="depth-anything", depth_options={"model": tiny_depth_anything, "align": "none"},
+        depth="depth-anything",
+        depth_options={"model": tiny_depth_anything, "align": "none", "input_size": 56},
     )  # fmt: skip
     assert report.without_depth == 0
     env = gym.make("CityWorld-Seoul-v0", city_db=tmp_path / "db", width=64, height=64)
@@ -368,3 +368,88 @@ def test_the_environment_runs_on_ingested_photos(town_photos, tiny_depth_anythin
         assert np.isfinite(reward)
     finally:
         env.close()
+
+
+# --- structure from motion and depth on the textured street ----------------------------------
+@pytest.fixture(scope="module")
+def street_photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("street") / "photos"
+    truth, camera, frame = street_sequence(folder, count=8)
+    return folder, truth, camera, frame
+
+
+def test_sfm_refines_poses_to_the_truth_and_densifies_depth(street_photos, tmp_path):
+    folder, truth, camera, frame = street_photos
+    report = ingest_photos(
+        folder, tmp_path / "db", city="street", frame=frame, refine="sfm", depth="sfm",
+        progress=False,
+    )  # fmt: skip
+    (traversal,) = report.traversals
+    # GPS noise of 0.3 m per horizontal axis and 0.6 m vertical is 0.73 m in 3-D: the
+    # alignment residual measures it (and is reported)
+    assert 0.3 < report.sfm_residual_m[traversal] < 1.2
+    assert "GPS alignment residual RMS" in report.summary()
+    assert report.without_depth == 0
+    db = CityDB.open(tmp_path / "db")
+    first = db.pose(0).heading_deg - truth[0]["pose"].heading_deg
+    for i in range(len(db)):
+        view = db.load_view(i)
+        k = int(view.metadata.panorama_id[2:5])
+        pose = truth[k]["pose"]
+        # the GPS alignment fixes the whole track to about sigma / length (0.3 m / 17.5 m = 1
+        # deg); within it SfM recovers what GPS and motion cannot: the wobble of each heading
+        assert np.linalg.norm(view.pose.position - pose.position) < 0.35
+        assert _heading_error(view.pose.heading_deg, pose.heading_deg) < 3.5
+        assert _heading_error(view.pose.heading_deg - first, pose.heading_deg) < 0.5
+        assert abs(view.pose.pitch_deg - pose.pitch_deg) < 1.0
+        coverage, median_rel = _depth_error(view.depth, truth[k]["depth"])
+        assert coverage > 0.2 and median_rel < 0.06, (coverage, median_rel)
+
+
+def test_depth_anything_is_scale_aligned_to_sfm(street_photos, tiny_depth_anything, tmp_path):
+    from cityenv.citydb.photos import DepthView, SparseDepth, make_depth_source
+
+    folder, truth, camera, frame = street_photos
+    source = make_depth_source("depth-anything", model=tiny_depth_anything, input_size=56)
+    raw = source.predict(truth[0]["rgb"])
+    assert raw.shape == camera.shape and raw.dtype == np.float32 and np.all(raw > 0)
+    # sparse metric points: the prediction is scaled so that it agrees with them at the median
+    rows, cols = np.mgrid[10:230:20, 10:310:20].reshape(2, -1)
+    uv = np.stack([cols + 0.5, rows + 0.5], 1)
+    sparse = SparseDepth(uv, truth[0]["depth"][rows, cols])
+    (aligned,) = source([DepthView(truth[0]["rgb"], camera, sparse)])
+    ratio = sparse.z / aligned[rows, cols]
+    assert np.median(ratio) == pytest.approx(1.0, abs=1e-3)
+    assert source.scales[0] == pytest.approx(np.median(sparse.z / raw[rows, cols]), rel=1e-4)
+    report = ingest_photos(
+        folder, tmp_path / "db", city="street", frame=frame, refine="sfm",
+        depth="depth-anything", depth_options={"model": tiny_depth_anything, "input_size": 56},
+        progress=False,
+    )  # fmt: skip
+    assert report.added == 8 and report.without_depth == 0
+
+
+def test_depth_sources_are_a_registry(tmp_path):
+    assert {"none", "sfm", "depth-anything"} <= set(DEPTH_SOURCES.names())
+    with pytest.raises(DepthModelError, match=r"Did you mean 'depth-anything'\?"):
+        ingest_photos(tmp_path, tmp_path / "db", depth="depth-anythin")
+    with pytest.raises(
+        DepthModelError, match=r"expected a Depth Anything model folder .* no folder"
+    ):
+        ingest_photos(tmp_path, tmp_path / "db", depth="depth-anything",
+                      depth_options={"model": tmp_path / "nowhere"})  # fmt: skip
+    with pytest.raises(IngestError, match=r"needs the SfM reconstruction, got refine='none'"):
+        ingest_photos(tmp_path, tmp_path / "db", depth="sfm")
+    assert not (tmp_path / "db").exists()
+
+
+def test_a_relative_depth_model_is_refused(tiny_depth_anything, tmp_path):
+    config = json.loads((tiny_depth_anything / "config.json").read_text())
+    config["depth_estimation_type"] = "relative"
+    relative = tmp_path / "relative"
+    relative.mkdir()
+    (relative / "config.json").write_text(json.dumps(config))
+    (relative / "model.safetensors").symlink_to(tiny_depth_anything / "model.safetensors")
+    with pytest.raises(DepthModelError, match=r"expected a metric Depth Anything model"):
+        ingest_photos(tmp_path, tmp_path / "db", depth="depth-anything",
+                      depth_options={"model": relative})  # fmt: skip

@@ -389,7 +389,7 @@ def ingest_photos(
     depth: str | DepthSource = "none",
     depth_options: dict[str, object] | None = None,
     geoid: GeoidModel | float | None = None,
-    max_sfm_residual_m: float = 2.0,
+    max_sfm_residual_m: float = 3.0,
     image_format: str | None = None,
     progress: bool = True,
 ) -> PhotoIngestReport:

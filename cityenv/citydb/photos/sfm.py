@@ -3,7 +3,7 @@
 One traversal's undistorted pinhole images go through COLMAP's SIFT extraction, exhaustive
 matching and incremental mapping with the intrinsics held fixed. The reconstruction (arbitrary
 scale and frame) is then aligned to the photos' GPS positions in the city's ENU frame by a
-similarity transform (Umeyama least squares); the RMS distance between aligned camera centres and
+similarity transform (cameras level on average, then Umeyama least squares on the horizontal); the RMS distance between aligned camera centres and
 GPS fixes is reported as the alignment residual. The aligned sparse points give each registered
 view sparse metric depth, which the ``"sfm"`` depth source densifies.
 """
@@ -22,7 +22,7 @@ import numpy as np
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose
 
-__all__ = ["SfMResult", "SparseDepth", "align_similarity", "reconstruct"]
+__all__ = ["SfMResult", "SparseDepth", "align_similarity", "align_upright", "reconstruct"]
 
 log = logging.getLogger(__name__)
 
@@ -85,27 +85,42 @@ def align_similarity(
     return scale, rotation, mu_t - scale * rotation @ mu_s
 
 
-def _level_about_track(rotation: np.ndarray, downs: np.ndarray, track: np.ndarray) -> np.ndarray:
-    """Turn ``rotation`` about the (near-straight) track so the cameras' mean "down" points down.
+def align_upright(
+    centres: np.ndarray, downs: np.ndarray, target: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """The similarity ``target ~ s * R @ centres + t`` for cameras held upright on average.
 
-    Camera centres along a straight street fix the alignment only up to a roll about the street;
-    cameras held roughly upright resolve it.
+    Street photos are taken with the camera roughly level, so the mean camera "down" axis fixes
+    the vertical; what remains (heading, scale, horizontal shift) is fitted to the horizontal GPS
+    positions and the vertical shift to the mean height. GPS heights are several times noisier
+    than horizontal fixes, and a nearly straight track leaves the roll about it free, so a full
+    3-D fit would tilt the whole reconstruction.
 
     Args:
-        rotation: The aligned rotation ``(3, 3)``.
-        downs: Camera y axes ``(N, 3)`` in reconstruction coordinates.
-        track: Unit direction of the track ``(3,)`` in world coordinates.
+        centres: Camera centres ``(N, 3)`` in reconstruction coordinates, N >= 2.
+        downs: Camera y axes ``(N, 3)`` (image "down") in reconstruction coordinates.
+        target: GPS positions ``(N, 3)`` in ENU metres.
+
+    Returns:
+        ``(s, R (3, 3), t (3,))``.
     """
-    down = rotation @ downs.mean(0)
-    want = np.array([0.0, 0.0, -1.0])
-    project = lambda v: v - track * (v @ track)  # noqa: E731 - a one-line helper
-    p, q = project(down), project(want)
-    if np.linalg.norm(p) < 1e-9 or np.linalg.norm(q) < 1e-9:
-        return rotation
-    p, q = p / np.linalg.norm(p), q / np.linalg.norm(q)
-    angle = np.arctan2(np.cross(p, q) @ track, p @ q)
-    turn, _ = cv2.Rodrigues(track * angle)
-    return turn @ rotation
+    down = downs.mean(0)
+    down /= np.linalg.norm(down)
+    axis = np.cross(down, [0.0, 0.0, -1.0])
+    angle = np.arctan2(np.linalg.norm(axis), down @ [0.0, 0.0, -1.0])
+    level, _ = cv2.Rodrigues(axis / (np.linalg.norm(axis) or 1.0) * angle)
+    flat = centres @ level.T
+    a = flat[:, :2] - flat[:, :2].mean(0)
+    b = target[:, :2] - target[:, :2].mean(0)
+    u, sigma, vt = np.linalg.svd(b.T @ a / len(a))
+    d = np.diag([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
+    yaw = u @ d @ vt
+    scale = float(np.trace(np.diag(sigma) @ d) / (a**2).sum(1).mean())
+    rotation = np.eye(3)
+    rotation[:2, :2] = yaw
+    rotation = rotation @ level
+    shift = target.mean(0) - scale * rotation @ centres.mean(0)
+    return scale, rotation, shift
 
 
 def _run_colmap(images: Sequence[np.ndarray], camera: PinholeCamera, work: Path):
@@ -123,8 +138,9 @@ def _run_colmap(images: Sequence[np.ndarray], camera: PinholeCamera, work: Path)
         camera_model="PINHOLE",
         camera_params=",".join(str(v) for v in (camera.fx, camera.fy, camera.cx, camera.cy)),
     )
+    # one thread throughout: COLMAP's results then depend only on the images and the seed
     extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = 2
+    extraction.num_threads = 1
     pycolmap.extract_features(
         database,
         folder,
@@ -133,12 +149,14 @@ def _run_colmap(images: Sequence[np.ndarray], camera: PinholeCamera, work: Path)
         extraction_options=extraction,
         device=pycolmap.Device.cpu,
     )
-    pycolmap.match_exhaustive(database, device=pycolmap.Device.cpu)
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = 1
+    pycolmap.match_exhaustive(database, matching_options=matching, device=pycolmap.Device.cpu)
     options = pycolmap.IncrementalPipelineOptions(
         ba_refine_focal_length=False,
         ba_refine_principal_point=False,
         ba_refine_extra_params=False,
-        num_threads=2,
+        num_threads=1,
         random_seed=0,
         multiple_models=False,
         min_num_matches=10,
@@ -159,6 +177,7 @@ def reconstruct(
     gps_enu: np.ndarray,
     *,
     min_registered: int = 3,
+    upright: bool = True,
 ) -> SfMResult | None:
     """Reconstruct one traversal and align it to its GPS positions.
 
@@ -167,6 +186,8 @@ def reconstruct(
         camera: Their pinhole intrinsics (held fixed).
         gps_enu: GPS camera positions ``(N, 3)`` in the city's ENU frame, metres.
         min_registered: Fewest registered images for an alignment.
+        upright: Align with :func:`align_upright` (cameras level on average: street photos)
+            rather than a free 3-D similarity (:func:`align_similarity`).
 
     Returns:
         The aligned result (check :attr:`SfMResult.residual_rms_m` before trusting it: a
@@ -183,16 +204,15 @@ def reconstruct(
             found[int(Path(image.name).stem)] = image
     keys = sorted(found)
     centres = np.array([found[k].projection_center() for k in keys])
-    scale, rotation, shift = align_similarity(centres, np.asarray(gps_enu, float)[keys])
-    spread = np.linalg.svd(centres - centres.mean(0), compute_uv=False)
     cam_rot = {k: found[k].cam_from_world().rotation.matrix() for k in keys}
-    if spread[1] < 0.1 * spread[0]:  # a straight track: the roll about it is free
-        track = rotation @ np.linalg.svd(centres - centres.mean(0))[2][0]
-        downs = np.array([cam_rot[k][1] for k in keys])  # camera y axis in model coordinates
-        rotation = _level_about_track(rotation, downs, track / np.linalg.norm(track))
-        shift = np.asarray(gps_enu, float)[keys].mean(0) - scale * rotation @ centres.mean(0)
+    gps = np.asarray(gps_enu, float)[keys]
+    if upright:
+        downs = np.array([cam_rot[k][1] for k in keys])  # camera y axes in model coordinates
+        scale, rotation, shift = align_upright(centres, downs, gps)
+    else:
+        scale, rotation, shift = align_similarity(centres, gps)
     aligned = scale * centres @ rotation.T + shift
-    errors = np.linalg.norm(aligned - np.asarray(gps_enu, float)[keys], axis=1)
+    errors = np.linalg.norm(aligned - gps, axis=1)
     poses: list[Pose | None] = [None] * len(images)
     sparse: list[SparseDepth | None] = [None] * len(images)
     for k, centre in zip(keys, aligned, strict=True):
