@@ -8,8 +8,8 @@ the environment must run on the resulting database.
 
 from __future__ import annotations
 
-import math
 import json
+import math
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path

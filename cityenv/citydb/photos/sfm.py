@@ -1,11 +1,12 @@
 """Pose refinement by structure from motion (pycolmap, CPU, offline), aligned to GPS.
 
 One traversal's undistorted pinhole images go through COLMAP's SIFT extraction, exhaustive
-matching and incremental mapping with the intrinsics held fixed. The reconstruction (arbitrary
-scale and frame) is then aligned to the photos' GPS positions in the city's ENU frame by a
-similarity transform (cameras level on average, then Umeyama least squares on the horizontal); the RMS distance between aligned camera centres and
-GPS fixes is reported as the alignment residual. The aligned sparse points give each registered
-view sparse metric depth, which the ``"sfm"`` depth source densifies.
+matching and incremental mapping with the intrinsics held fixed (one thread: deterministic). The
+reconstruction (arbitrary scale and frame) is then aligned to the photos' GPS positions in the
+city's ENU frame by a similarity transform: cameras level on average, heading, scale and shift
+fitted to the horizontal fixes (:func:`align_upright`). The RMS distance between aligned camera
+centres and GPS fixes is reported as the alignment residual; the aligned sparse points give each
+registered view sparse metric depth, which the ``"sfm"`` depth source densifies.
 """
 
 from __future__ import annotations
