@@ -178,7 +178,11 @@ def _undistort(image: np.ndarray, camera: PinholeCamera, record: PhotoRecord) ->
         fisheye = np.zeros(4)
         fisheye[: min(4, len(coefficients))] = coefficients[:4]
         return cv2.fisheye.undistortImage(image, camera.K, fisheye, Knew=camera.K)
-    return cv2.undistort(image, camera.K, coefficients)
+    # OpenCV takes 4, 5, 8, 12 or 14 coefficients: pad (k1, k2) and friends with zeros
+    size = next(n for n in (4, 5, 8, 12, 14) if n >= min(len(coefficients), 14))
+    padded = np.zeros(size)
+    padded[: min(size, len(coefficients))] = coefficients[:size]
+    return cv2.undistort(image, camera.K, padded)
 
 
 def prepare_photo(record: PhotoRecord) -> PreparedPhoto | Skip:
