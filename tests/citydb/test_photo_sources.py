@@ -334,3 +334,21 @@ def test_the_command_line_prints_the_summary_or_the_error(tmp_path):
         "error: expected a database folder"
     )
     assert "Traceback" not in refused.stderr
+
+
+def test_exif_orientation_turns_the_pixels_upright(tmp_path):
+    rng = np.random.default_rng(8)
+    paths = _walk(tmp_path / "f", rng, n=3, w=64, h=48)
+    for path in paths:  # stored landscape, shown portrait: Orientation 6 = turn 90 deg clockwise
+        with Image.open(path) as im:
+            exif = im.getexif()
+            pixels = np.asarray(im)
+        exif[ExifTags.Base.Orientation] = 6
+        Image.fromarray(pixels).save(path, exif=exif)
+    ingest_photos(tmp_path / "f", tmp_path / "db", city="c", frame=FRAME, progress=False)
+    db = CityDB.open(tmp_path / "db")
+    view = db.load_view(0)
+    assert view.image.shape == (64, 48, 3) and view.camera.cx == 24.0
+    with Image.open(paths[0]) as im:
+        upright = np.rot90(np.asarray(im), k=-1)  # what a viewer shows
+    assert np.abs(view.image.astype(int) - upright).mean() < 1.0
