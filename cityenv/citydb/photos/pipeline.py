@@ -345,7 +345,8 @@ def _refine(
             if pose is not None:
                 photo.pose, photo.sparse = pose, sparse
         report.sfm[traversal] = (
-            f"SfM registered {result.registered}/{len(group)} photos, {result.points} points, "
+            f"SfM poses used: registered {result.registered}/{len(group)} photos, "
+            f"{result.points} points, "
             f"GPS alignment residual RMS {result.residual_rms_m:.2f} m (max "
             f"{result.residual_max_m:.2f} m)"
         )
