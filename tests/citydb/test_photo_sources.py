@@ -352,3 +352,39 @@ def test_exif_orientation_turns_the_pixels_upright(tmp_path):
     with Image.open(paths[0]) as im:
         upright = np.rot90(np.asarray(im), k=-1)  # what a viewer shows
     assert np.abs(view.image.astype(int) - upright).mean() < 1.0
+
+
+class _ConstantDepth:
+    """A third-party depth source: every pixel at ``metres`` (or a wrong shape, to be refused)."""
+
+    needs_sfm = False
+
+    def __init__(self, metres: float = 7.0, shape: tuple[int, int] | None = None) -> None:
+        self.metres, self.shape = metres, shape
+
+    def __call__(self, views):
+        return [np.full(self.shape or v.camera.shape, self.metres, np.float32) for v in views]
+
+
+def test_a_registered_depth_source_plugs_in_and_its_output_is_checked(tmp_path):
+    from cityenv.citydb.photos import DEPTH_SOURCES
+    from cityenv.errors import DepthModelError
+
+    DEPTH_SOURCES.register("constant-test", _ConstantDepth, replace=True)
+    try:
+        _walk(tmp_path / "f", np.random.default_rng(9), n=3)
+        report = ingest_photos(tmp_path / "f", tmp_path / "db", city="c", frame=FRAME,
+                               depth="constant-test", depth_options={"metres": 7.0},
+                               progress=False)  # fmt: skip
+        assert report.without_depth == 0
+        np.testing.assert_allclose(CityDB.open(tmp_path / "db").load_view(0).depth, 7.0)
+        with pytest.raises(DepthModelError, match=r"must return .* shape \(48, 64\) .* got shape "
+                           r"\(4, 4\); fix the source \(nothing was written\)"):  # fmt: skip
+            ingest_photos(tmp_path / "f", tmp_path / "db2", city="c", progress=False,
+                          depth=_ConstantDepth(shape=(4, 4)))  # fmt: skip
+        assert not (tmp_path / "db2").exists()
+        with pytest.raises(DepthModelError, match=r"takes other options, got \['colour'\]"):
+            ingest_photos(tmp_path / "f", tmp_path / "db2", depth="constant-test",
+                          depth_options={"colour": 1})  # fmt: skip
+    finally:
+        DEPTH_SOURCES.unregister("constant-test")

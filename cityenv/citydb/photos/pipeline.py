@@ -47,7 +47,7 @@ from cityenv.citydb.photos.geo import (
 from cityenv.citydb.photos.records import FULL_FRAME_DIAGONAL_MM, PhotoRecord, Skip, read_photos
 from cityenv.citydb.photos.sfm import SparseDepth, reconstruct
 from cityenv.citydb.writer import CityDBWriter
-from cityenv.errors import CityEnvError, DepthlessViewWarning, IngestError
+from cityenv.errors import CityEnvError, DepthlessViewWarning, DepthModelError, IngestError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.pose import Pose
@@ -471,13 +471,32 @@ def ingest_photos(
 
 
 def _estimate_depth(photos: list[PreparedPhoto], estimator: DepthSource) -> None:
+    """Depth per photo from the source, checked here so that nothing fails while writing."""
     groups: dict[str, list[PreparedPhoto]] = defaultdict(list)
     for photo in photos:
         groups[photo.traversal].append(photo)
     for group in groups.values():
         views = [DepthView(p.image, p.camera, p.sparse) for p in group]
-        for photo, depth in zip(group, estimator(views), strict=True):
-            photo.depth = depth
+        depths = list(estimator(views))
+        if len(depths) != len(views):
+            raise DepthModelError(
+                f"depth source {estimator!r} must return one depth map (or None) per view, got "
+                f"{len(depths)} for {len(views)} views; fix the source."
+            )
+        for photo, depth in zip(group, depths, strict=True):
+            photo.depth = None if depth is None else _checked_depth(depth, photo, estimator)
+
+
+def _checked_depth(depth: np.ndarray, photo: PreparedPhoto, estimator: DepthSource) -> np.ndarray:
+    depth = np.asarray(depth, dtype=np.float32)
+    if depth.shape != photo.camera.shape or not np.all(np.isfinite(depth) & (depth >= 0)):
+        raise DepthModelError(
+            f"depth source {estimator!r} must return finite metric depth >= 0 of shape "
+            f"{photo.camera.shape} for {photo.record.image.name}, got shape {depth.shape}"
+            f"{'' if depth.shape != photo.camera.shape else ' with negative or NaN values'}; "
+            "fix the source (nothing was written)."
+        )
+    return depth
 
 
 def _write(
