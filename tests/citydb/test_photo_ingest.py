@@ -323,6 +323,23 @@ def test_a_photo_csv_adds_the_lens_and_the_views_are_undistorted(town_photos, tm
         assert stored_err < 0.6 * photo_err, (stored_err, photo_err)
 
 
+def test_views_without_depth_serve_only_as_the_sink(town_photos, tiny_depth_anything, tmp_path):
+    """Stage 2 needs depth: depthless views are never references, but can be the sink."""
+    from cityenv.citydb.retrieval import Retriever
+
+    folder, truth, camera, frame = town_photos
+    options = {"city": "town", "frame": frame, "progress": False}
+    with pytest.warns(DepthlessViewWarning):
+        ingest_photos(folder, tmp_path / "bare", **options)
+    tiny = {"model": tiny_depth_anything, "align": "none", "input_size": 56}
+    ingest_photos(folder, tmp_path / "deep", depth="depth-anything", depth_options=tiny, **options)
+    chunk = [truth[k]["pose"] for k in (3, 4, 5)]
+    bare = Retriever(CityDB.open(tmp_path / "bare")).retrieve(chunk, camera)
+    assert bare.empty and bare.references == [] and bare.sink is not None
+    deep = Retriever(CityDB.open(tmp_path / "deep")).retrieve(chunk, camera)
+    assert not deep.empty and len(deep.references) > 0
+
+
 def test_a_rerun_skips_photos_already_stored(town_photos, tmp_path):
     folder, _, _, frame = town_photos
     options = {"city": "town", "frame": frame, "progress": False}
