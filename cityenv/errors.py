@@ -213,3 +213,20 @@ def check_name(
     if isinstance(name, str) and name in known:
         return name
     raise unknown_name(kind, name, known, error=error, advice=advice)
+
+
+# --- ingestion of panoramas and photos --------------------------------------------------------
+class PanoramaShapeError(IngestError):
+    """An image given as a 2:1 equirectangular panorama is not 2:1, or its depth map is not."""
+
+
+class PhotoSourceError(IngestError):
+    """A photo source as a whole (folder, photo CSV, Mapillary JSON) cannot be read."""
+
+
+class DepthModelError(IngestError):
+    """A depth source cannot be set up (unknown name, a model folder that does not load)."""
+
+
+class DepthlessViewWarning(UserWarning):
+    """Views were stored without depth: retrieval can use them only as the lookahead sink."""

@@ -1,8 +1,9 @@
-"""Command line: ``python -m cityenv.citydb {ingest,info} ...``.
+"""Command line: ``python -m cityenv.citydb {ingest,ingest-photos,info,compact} ...``.
 
 Examples::
 
     python -m cityenv.citydb ingest panoramas.csv seoul.citydb --city seoul
+    python -m cityenv.citydb ingest-photos walk/ my.citydb --city mine --refine sfm --depth sfm
     python -m cityenv.citydb info seoul.citydb
     python -m cityenv.citydb compact seoul.citydb
 """
@@ -37,12 +38,50 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--commit-every", type=int, default=100, help="panoramas per commit")
     ingest.add_argument("--source", default="streetview", help="provenance stored per view")
     ingest.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_photos_parser(sub)
     info = sub.add_parser("info", help="print a summary of a database")
     info.add_argument("db", help="database folder")
     compact = sub.add_parser("compact", help="merge small table parts (faster opening)")
     compact.add_argument("db", help="database folder")
     compact.add_argument("--max-views", type=int, default=2_000_000, help="views per part")
     return parser
+
+
+def _add_photos_parser(sub: argparse._SubParsersAction) -> None:
+    photos = sub.add_parser(
+        "ingest-photos", help="store geotagged perspective photos as posed views (+ depth)"
+    )
+    photos.add_argument("source", help="folder of geotagged photos, photo CSV or Mapillary JSON")
+    photos.add_argument("db", help="database folder (created or appended to)")
+    photos.add_argument("--city", help="city name (required for a new database)")
+    photos.add_argument("--anchor", nargs=3, type=float, metavar=("LAT", "LON", "HEIGHT"))
+    photos.add_argument("--refine", choices=("none", "sfm"), default="none", help="pose refinement")
+    photos.add_argument("--depth", default="none", help="depth source: none, sfm, depth-anything")
+    photos.add_argument("--depth-model", help="local model folder of --depth depth-anything")
+    photos.add_argument("--geoid-undulation", type=float, help="N in metres (h = altitude + N)")
+    photos.add_argument("--max-sfm-residual", type=float, default=3.0, help="SfM gate, metres")
+    photos.add_argument("--jpeg", action="store_true", help="store JPEG instead of lossless PNG")
+    photos.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _ingest_photos(args: argparse.Namespace) -> None:
+    from cityenv.citydb.photos import ingest_photos
+    from cityenv.geometry.geodesy import LocalFrame
+
+    report = ingest_photos(
+        args.source,
+        args.db,
+        city=args.city,
+        frame=LocalFrame(*args.anchor) if args.anchor else None,
+        refine=args.refine,
+        depth=args.depth,
+        depth_options={"model": args.depth_model} if args.depth_model else None,
+        geoid=args.geoid_undulation,
+        max_sfm_residual_m=args.max_sfm_residual,
+        image_format="jpeg" if args.jpeg else None,
+        progress=not args.no_progress,
+    )
+    print(report.summary())
 
 
 def _ingest(args: argparse.Namespace) -> None:
@@ -62,10 +101,7 @@ def _ingest(args: argparse.Namespace) -> None:
         source=args.source,
         progress=not args.no_progress,
     )
-    print(
-        f"{stats.rows} rows: {stats.added} panoramas added ({stats.views} views), "
-        f"{stats.skipped} already present, {stats.seconds:.1f} s"
-    )
+    print(stats.summary())
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -86,7 +122,12 @@ def _compact(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for bad input)."""
     args = _parser().parse_args(argv)
-    command = {"ingest": _ingest, "info": _info, "compact": _compact}[args.command]
+    command = {
+        "ingest": _ingest,
+        "ingest-photos": _ingest_photos,
+        "info": _info,
+        "compact": _compact,
+    }[args.command]
     try:
         command(args)
     except CityEnvError as exc:

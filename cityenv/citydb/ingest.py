@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,16 +32,23 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from cityenv.citydb import format as fmt
 from cityenv.citydb.writer import CityDBWriter
-from cityenv.errors import CityEnvError, IngestError
+from cityenv.errors import CityEnvError, IngestError, PanoramaShapeError
 from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.panorama import equirect_to_pinholes
 from cityenv.geometry.pose import Pose
 
-__all__ = ["IngestStats", "PanoramaRow", "ingest_panoramas", "read_panorama_csv"]
+__all__ = [
+    "IngestStats",
+    "PanoramaRow",
+    "check_panorama_files",
+    "ingest_panoramas",
+    "read_panorama_csv",
+]
 
 REQUIRED_COLUMNS = ("image", "lat", "lon", "height", "heading", "capture_time", "traversal")
 
@@ -91,6 +99,16 @@ class IngestStats:
     skipped: int
     views: int
     seconds: float
+    traversals: int = 0
+    db: str = ""
+
+    def summary(self) -> str:
+        """One line: what was ingested and what was skipped."""
+        return (
+            f"{self.rows} rows: {self.added} panoramas added ({self.views} views) from "
+            f"{self.traversals} traversals to {self.db}, {self.skipped} skipped as already "
+            f"present, {self.seconds:.1f} s"
+        )
 
 
 def _bad(row: int, column: str, expected: str, got: object, fix: str) -> IngestError:
@@ -164,17 +182,26 @@ def read_panorama_csv(csv_path: str | os.PathLike[str]) -> list[PanoramaRow]:
     path = Path(csv_path)
     if not path.is_file():
         raise IngestError(f"expected a panorama CSV at {path}, got no such file; check the path.")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise IngestError(
-                f"CSV {path} header: expected the columns {list(REQUIRED_COLUMNS)} (+ optional "
-                f"depth, panorama_id), got {header}, missing {missing}; add them."
-            )
-        reader.fieldnames = header
-        rows = [_parse_row(values, i, path.parent) for i, values in enumerate(reader, start=1)]
+    # utf-8-sig: spreadsheets often save UTF-8 with a byte-order mark, which would end up in the
+    # first column's name ("\ufeffimage") and make a present column look missing
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in reader.fieldnames or []]
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if missing:
+                raise IngestError(
+                    f"CSV {path} header: expected the columns {list(REQUIRED_COLUMNS)} (+ optional "
+                    f"depth, panorama_id), got {header}, missing {missing}; add them."
+                )
+            reader.fieldnames = header
+            rows = [_parse_row(values, i, path.parent) for i, values in enumerate(reader, start=1)]
+    except UnicodeDecodeError as exc:
+        raise IngestError(
+            f"expected a UTF-8 CSV at {path}, got a byte that is not UTF-8 at offset {exc.start} "
+            f"({exc.object[exc.start : exc.start + 1]!r}, e.g. Latin-1); re-save it as UTF-8 "
+            f"(iconv -f latin1 -t utf-8 {path.name} > fixed.csv)."
+        ) from exc
     seen: dict[str, int] = {}
     for r in rows:
         if r.panorama_id in seen:
@@ -264,6 +291,68 @@ def _load_depth(row: PanoramaRow) -> np.ndarray:
     return depth
 
 
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """``(w, h)`` from an image file's header (nothing decoded), or ``None`` if unreadable."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def _depth_shape(path: Path) -> tuple[int, ...] | None:
+    """Shape ``(h, w)`` of a depth map from its header, or ``None`` if unreadable."""
+    if path.suffix == ".npy":
+        try:
+            return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+        except (OSError, ValueError):
+            return None
+    size = _image_size(path)
+    return None if size is None else (size[1], size[0])
+
+
+def _check_row_files(row: PanoramaRow) -> None:
+    """Raise unless the row's panorama is a readable 2:1 image with a depth map of its aspect."""
+    size = _image_size(row.image)
+    if size is None:
+        raise _bad(
+            row.row,
+            "image",
+            "a readable PNG/JPEG panorama",
+            str(row.image),
+            "check that the file exists and is an image",
+        )
+    width, height = size
+    if abs(width - 2 * height) > 1:
+        raise PanoramaShapeError(
+            f"CSV row {row.row}, column 'image': expected an equirectangular panorama of aspect "
+            f"2:1 (width = 2 x height), got {row.image.name} of {width}x{height} "
+            f"({width / height:.3g}:1); a perspective photo is not a panorama: ingest photos with "
+            "`python -m cityenv.citydb ingest-photos` (docs/citydb.md)."
+        )
+    depth_path = _depth_path(row)
+    shape = _depth_shape(depth_path)
+    if shape is None:
+        _load_depth(row)  # raises the typed error that says what is wrong with the file
+    if shape is not None and (len(shape) != 2 or abs(shape[1] - 2 * shape[0]) > 1):
+        raise PanoramaShapeError(
+            f"CSV row {row.row}, column 'depth': expected an equirectangular range map of the "
+            f"panorama's 2:1 aspect ({width}x{height} or any W = 2H), got {depth_path.name} of "
+            f"shape {shape} (h, w); give the depth map that belongs to {row.image.name}."
+        )
+
+
+def check_panorama_files(rows: list[PanoramaRow], progress: bool = False) -> None:
+    """Check every row's files from their headers before anything is written.
+
+    Raises:
+        IngestError: For a missing or unreadable image or depth map (naming row and column).
+        PanoramaShapeError: For an image that is not 2:1 or a depth map of another aspect.
+    """
+    for row in tqdm(rows, desc="check", unit="pano", disable=not progress):
+        _check_row_files(row)
+
+
 def _views(
     row: PanoramaRow, frame: LocalFrame, num_views: int, size: tuple[int, int], fov_deg: float
 ) -> tuple[list, list[Pose]]:
@@ -326,12 +415,83 @@ def ingest_panoramas(
         CityDBError: If the database cannot be written (e.g. a new one without ``city``).
     """
     start = time.perf_counter()
+    db = Path(db_path)
+    _check_arguments(db, num_views)
     rows = read_panorama_csv(csv_path)
-    if frame is None and not (Path(db_path) / fmt.MANIFEST_NAME).exists() and rows:
+    if not rows:
+        raise IngestError(f"expected at least one panorama row in {csv_path}, got none.")
+    check_panorama_files(rows, progress)
+    new = not (db / fmt.MANIFEST_NAME).exists()
+    if frame is None and new:
         frame = LocalFrame(rows[0].lat, rows[0].lon, rows[0].height)
+    existed = db.exists()
+    created = new and (not existed or not any(db.iterdir()))
+    try:
+        added, skipped, views_written = _write_panoramas(
+            rows, db, city, frame, image_format, commit_every, num_views, size, fov_deg, source,
+            progress, compact,
+        )  # fmt: skip
+    except CityEnvError:
+        # a refused first run leaves no folder behind (a rerun must not find a half database);
+        # an interrupted one (Ctrl-C, a crash) keeps its commits so that the rerun resumes
+        if created:
+            remove_new_database(db, existed)
+        raise
+    return IngestStats(
+        len(rows),
+        added,
+        skipped,
+        views_written,
+        time.perf_counter() - start,
+        traversals=len({r.traversal for r in rows}),
+        db=str(db),
+    )
+
+
+def remove_new_database(db: Path, existed: bool) -> None:
+    """Undo a refused first run: remove the folder it created, or empty the one it was given."""
+    if not existed:
+        shutil.rmtree(db, ignore_errors=True)
+        return
+    for entry in db.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _check_arguments(db: Path, num_views: int) -> None:
+    """Raise :class:`IngestError` for a database path that is a file or a bad view count."""
+    if db.exists() and not db.is_dir():
+        raise IngestError(
+            f"expected a database folder at {db}, got a file; choose a folder path (it is "
+            "created if missing)."
+        )
+    if isinstance(num_views, bool) or not isinstance(num_views, int) or num_views < 1:
+        raise IngestError(
+            f"num_views (--views) must be a positive integer, got {num_views!r}; SWM cuts each "
+            "panorama into 8 views."
+        )
+
+
+def _write_panoramas(
+    rows: list[PanoramaRow],
+    db: Path,
+    city: str | None,
+    frame: LocalFrame | None,
+    image_format: str | None,
+    commit_every: int,
+    num_views: int,
+    size: tuple[int, int],
+    fov_deg: float,
+    source: str,
+    progress: bool,
+    compact: bool,
+) -> tuple[int, int, int]:
+    """Append the rows' views; ``(added, skipped, views written)``."""
     added = skipped = views_written = 0
     with CityDBWriter(
-        db_path, city=city, frame=frame, image_format=image_format, commit_every=commit_every
+        db, city=city, frame=frame, image_format=image_format, commit_every=commit_every
     ) as writer:
         for row in tqdm(rows, desc="ingest", unit="pano", disable=not progress):
             if writer.has_panorama(row.panorama_id):
@@ -352,4 +512,4 @@ def ingest_panoramas(
             views_written += len(ids)
         if compact:
             writer.compact()
-    return IngestStats(len(rows), added, skipped, views_written, time.perf_counter() - start)
+    return added, skipped, views_written
