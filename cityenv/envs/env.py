@@ -24,7 +24,6 @@ Observation (a ``Dict``; text is not in it, SB3 cannot batch text; the prompt co
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import time
@@ -89,8 +88,11 @@ class CityWorldEnv(gym.Env):
         world_model: ``"warp"`` (:class:`~cityenv.worldmodel.warp.WarpWorldModel`),
             ``"diffusion"`` (:class:`~cityenv.worldmodel.diffusion.DiffusionWorldModel`, built
             by :meth:`~cityenv.worldmodel.diffusion.DiffusionWorldModel.create` from
-            ``world_model_options``), a ``"module:Class"`` path, a :class:`WorldModel` or a
-            callable returning one.
+            ``world_model_options``), another name of
+            :data:`~cityenv.worldmodel.registry.WORLD_MODELS` (entry-point group
+            ``cityenv.world_models``), a :class:`WorldModel` or a callable returning one. An
+            import path is taken only as ``"import:package.module:attr"`` (importing runs
+            code: :mod:`cityenv.worldmodel.registry`).
         world_model_options: Keyword arguments of the world model's constructor (for
             ``"diffusion"``: ``path`` of a saved model, or ``preset`` + ``seed`` for random
             weights, ``device``, and :class:`~cityenv.worldmodel.settings.SamplingSettings`
@@ -512,41 +514,13 @@ def _adapter(
     return make_action_adapter(mode, chunk_length, fps, **{**defaults, **dict(options or {})})
 
 
-_WORLD_MODELS = {
-    "warp": "cityenv.worldmodel.warp:WarpWorldModel.create",
-    "diffusion": "cityenv.worldmodel.diffusion:DiffusionWorldModel.create",
-}
-
-
 def _make_world_model(
     spec: str | WorldModel | Callable[[], WorldModel], options: Mapping[str, Any] | None
 ) -> WorldModel:
-    if isinstance(spec, WorldModel):
-        if options:
-            raise ValueError(
-                "world_model_options are passed to the world model's constructor, but "
-                f"world_model is an already built {type(spec).__name__}; give a name, a "
-                "'module:Class' path or a factory instead, or drop the options."
-            )
-        return spec
-    if isinstance(spec, str):
-        path = _WORLD_MODELS.get(spec, spec)
-        module, _, name = path.partition(":")
-        if not name:
-            raise unknown_name(
-                "world_model",
-                spec,
-                _WORLD_MODELS,
-                advice="Or give a factory as 'package.module:ClassName'.",
-            )
-        factory: Any = importlib.import_module(module)
-        for part in name.split("."):
-            factory = getattr(factory, part)
-        spec = factory
-    model = spec(**dict(options or {}))
-    if not isinstance(model, WorldModel):
-        raise TypeError(f"world_model must build a WorldModel, got {type(model).__name__}.")
-    return model
+    # Names are looked up, never imported: cityenv.worldmodel.registry says why.
+    from cityenv.worldmodel.registry import make_world_model
+
+    return make_world_model(spec, options)
 
 
 def _retriever(
