@@ -43,6 +43,7 @@ from cityenv.envs.actions import ActionAdapter, level_rotations, make_action_ada
 from cityenv.envs.cities import resolve_city_db
 from cityenv.envs.tasks import NavigationTask, make_task
 from cityenv.envs.town import TownSpec
+from cityenv.envs.validation import check_env_arguments, check_prompt, check_reset_options
 from cityenv.errors import OutOfCoverageError, ShapeMismatchError, unknown_name
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
@@ -161,6 +162,23 @@ class CityWorldEnv(gym.Env):
         start_radius_m: float = 20.0,
         full_info: bool = False,
     ) -> None:
+        check_env_arguments(
+            width=width,
+            height=height,
+            fov_deg=fov_deg,
+            chunk_length=chunk_length,
+            fps=fps,
+            camera_height=camera_height,
+            max_speed=max_speed,
+            link_radius_m=link_radius_m,
+            start_radius_m=start_radius_m,
+            mappings={
+                "world_model_options": world_model_options,
+                "action_options": action_options,
+                "task_options": task_options,
+                "retrieval": retrieval,
+            },
+        )
         _check_choice("observe", observe, ("last", "chunk"))
         _check_choice("render_mode", render_mode, (None, "rgb_array"))
         town_spec = TownSpec.from_options(town)  # checked even when another city is asked for
@@ -227,9 +245,12 @@ class CityWorldEnv(gym.Env):
 
         Raises:
             OutOfCoverageError: If the start or the goal lies outside the covered streets.
+            UnknownOptionError: If an option is not one of the above ("Did you mean").
+            InvalidOptionError: If ``options`` is not a dict or an option has the wrong type.
+            ShapeMismatchError: If ``start_image`` is not a non-empty uint8 ``(h, w, 3)``.
         """
         super().reset(seed=seed)
-        options = dict(options or {})
+        options = check_reset_options(options)
         self.prompt = options.get("prompt")
         start, goal = self._start_and_goal(options)
         self.pose, self.start_node = start, self.road_graph.nearest_node(start.position)
@@ -301,7 +322,7 @@ class CityWorldEnv(gym.Env):
 
     def set_prompt(self, prompt: str | None) -> None:
         """Change the text prompt from the next chunk on."""
-        self.prompt = prompt
+        self.prompt = check_prompt(prompt)
         self.world_model.set_prompt(prompt)
 
     # --- start and goal ------------------------------------------------------------------------
