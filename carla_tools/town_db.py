@@ -15,6 +15,7 @@ cityenv finds :func:`town_provider` through the entry point
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -65,8 +66,11 @@ def build_town_db(
 
     Raises:
         CityDataNotFoundError: If it must be built but the ``town`` extra (moderngl) is missing.
+        ConfigError: If ``spec`` holds a value :class:`TownSpec` refuses (zero blocks).
     """
-    spec = spec or TownSpec()
+    # A copy re-runs TownSpec's checks: a spec edited after it was made (blocks = [0, 0]) is
+    # refused here with a ConfigError, before a folder is made.
+    spec = dataclasses.replace(spec) if spec is not None else TownSpec()
     target = Path(path) if path is not None else town_db_path(spec)
     if (target / "manifest.json").is_file():
         return target
@@ -82,6 +86,24 @@ def build_town_db(
 def _build(spec: TownSpec, target: Path, progress: bool, workers: int) -> None:
     """Generate into a temporary sibling folder, then rename its database into place."""
     _check_renderer(target)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("building the town database %s (first use; takes under a minute)", target)
+    t0 = time.perf_counter()
+    try:
+        _generate_into(tmp, spec, progress, workers)
+    except BaseException:  # a failed or interrupted build leaves no temporary folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():  # left by a build that died before committing its manifest
+        shutil.rmtree(target)
+    os.replace(tmp / "citydb", target)  # atomic on one file system
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("town database ready in %.1f s", time.perf_counter() - t0)
+
+
+def _generate_into(tmp: Path, spec: TownSpec, progress: bool, workers: int) -> None:
+    """Run the data generator for ``spec``'s references (no target clips) into ``tmp``."""
     # Imported here: a cached database opens without the generator (and without moderngl).
     from carla_tools.generate import (
         ClipSettings,
@@ -91,10 +113,6 @@ def _build(spec: TownSpec, target: Path, progress: bool, workers: int) -> None:
         generate,
     )
 
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    log.info("building the town database %s (first use; takes under a minute)", target)
-    t0 = time.perf_counter()
     generate(
         GenerateSettings(
             out=tmp,
@@ -107,11 +125,6 @@ def _build(spec: TownSpec, target: Path, progress: bool, workers: int) -> None:
             progress=progress,
         )
     )
-    if target.exists():  # left by a build that died before committing its manifest
-        shutil.rmtree(target)
-    os.replace(tmp / "citydb", target)  # atomic on one file system
-    shutil.rmtree(tmp, ignore_errors=True)
-    log.info("town database ready in %.1f s", time.perf_counter() - t0)
 
 
 def _check_renderer(target: Path) -> None:

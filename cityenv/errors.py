@@ -230,3 +230,14 @@ class DepthModelError(IngestError):
 
 class DepthlessViewWarning(UserWarning):
     """Views were stored without depth: retrieval can use them only as the lookahead sink."""
+
+
+# --- strict loading and the environment's inputs (issue 15) -----------------------------------
+class TextEncoderNotFoundError(CheckpointError, FileNotFoundError):
+    """A text encoder's folder (a UMT5/T5/MiniLM path given in a spec or a saved model's
+    ``config.json``) does not exist or lacks its model or tokenizer files."""
+
+
+class UnsafeImportError(ConfigError, TypeError):
+    """A name given as a string would import a module (``"package.module:attr"``) where only
+    registered names are taken without an explicit opt-in; says how to register or opt in."""

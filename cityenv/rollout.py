@@ -18,7 +18,9 @@ or a value of the wrong type is refused). The first run builds the town's street
     python -m cityenv.rollout scenario=my_route.yaml action_mode=velocity rrd=false
     python -m cityenv.rollout world_model=diffusion world_model_options.preset=tiny chunk_length=8
 
-See ``docs/rollout.md``.
+A typed error (a bad key, a missing file, a scenario that does not fit) prints its message and
+exits with status 2, leaving no empty run folder; ``--verbose`` or ``HYDRA_FULL_ERROR=1`` shows
+the traceback (:mod:`cityenv.cli`). See ``docs/rollout.md``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +41,12 @@ import gymnasium as gym
 import hydra
 import numpy as np
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cityenv.agents import AGENTS
+from cityenv.cli import take_verbose_flag, typed_errors
 from cityenv.config import config_dir
 from cityenv.envs.town import TownSpec
 from cityenv.errors import ConfigError, unknown_name
@@ -53,7 +60,14 @@ from cityenv.scenario import (
 
 log = logging.getLogger("cityenv.rollout")
 
-__all__ = ["RolloutConfig", "VideoWriter", "load_config", "rollout", "scenario_path"]
+__all__ = [
+    "RolloutConfig",
+    "VideoWriter",
+    "clean_failed_run",
+    "load_config",
+    "rollout",
+    "scenario_path",
+]
 
 
 def _default_world_model_options() -> dict[str, Any]:
@@ -88,7 +102,8 @@ class RolloutConfig:
         chunk_length: Frames per environment step.
         fps: Camera frames per second (and the video's).
         action_mode: ``discrete``, ``velocity`` or ``trajectory``; ``None`` = the scenario's.
-        max_steps: Environment steps; ``None`` = the scenario's.
+        max_steps: Environment steps, >= 1; ``None`` = the scenario's. A prompt the scenario
+            schedules at or after it is never set, with a warning.
         seed: Seed of ``env.reset``.
         video: Write ``rollout.mp4``.
         rrd: Write ``rollout.rrd``.
@@ -148,7 +163,8 @@ def load_config(cfg: DictConfig | Mapping[str, Any]) -> RolloutConfig:
     for a command line); the scenario and the agent must exist.
 
     Raises:
-        ConfigError: If a key is unknown ("Did you mean ...?") or a value has the wrong type.
+        ConfigError: If a key is unknown ("Did you mean ...?"), a value has the wrong type, or
+            ``max_steps`` is below 1.
         ScenarioError: If the scenario is neither a file nor a known name.
         UnknownNameError: If no agent is registered under ``agent``.
     """
@@ -161,6 +177,11 @@ def load_config(cfg: DictConfig | Mapping[str, Any]) -> RolloutConfig:
     except OmegaConfBaseException as err:
         raise ConfigError(f"rollout config: {err}".strip()) from None
     assert isinstance(config, RolloutConfig)
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ConfigError(
+            f"rollout config: max_steps must be a number of environment steps >= 1, or null for "
+            f"the scenario's own, got {config.max_steps}."
+        )
     scenario_path(config.scenario)  # fail before anything is built
     AGENTS.get(config.agent)
     return config
@@ -229,9 +250,31 @@ def _resolved(config: RolloutConfig, scenario: Scenario) -> Scenario:
         changes["env_id"] = config.env_id
     if config.action_mode:
         changes["action_mode"] = config.action_mode
-    if config.max_steps:
-        changes["max_steps"] = int(config.max_steps)
-    return dataclasses.replace(scenario, **changes)
+    if config.max_steps is not None:
+        changes["max_steps"] = config.max_steps
+    resolved = dataclasses.replace(scenario, **changes)
+    if resolved.env_id not in gym.registry:
+        raise unknown_name(
+            "env_id",
+            resolved.env_id,
+            [k for k in gym.registry if k.startswith("CityWorld")],
+            error=ConfigError,
+            advice="Set env_id= (or the scenario's env_id) to a registered id.",
+        )
+    _warn_late_prompts(resolved)
+    return resolved
+
+
+def _warn_late_prompts(scenario: Scenario) -> None:
+    """Warn about prompt changes scheduled at or after the last step: they would never be set."""
+    late = [c for c in scenario.prompts if c.step >= scenario.max_steps]
+    for change in late:
+        warnings.warn(
+            f"the prompt {change.prompt!r} is scheduled at step {change.step}, but the episode "
+            f"has max_steps={scenario.max_steps} (a change at step s is set before step s + 1), "
+            "so it is never used; raise max_steps or move the prompt earlier.",
+            stacklevel=3,
+        )
 
 
 def make_env(config: RolloutConfig, scenario: Scenario) -> gym.Env:
@@ -315,7 +358,24 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def rollout(config: RolloutConfig) -> dict[str, Any]:
-    """Run a scenario, write the video, the recording and ``summary.json``; return the summary."""
+    """Run a scenario, write the video, the recording and ``summary.json``; return the summary.
+
+    On an error, what this run wrote into ``config.out`` is removed, and the folder too when
+    nothing else is left in it (a folder that held files before is kept with them).
+
+    Raises:
+        ConfigError: If the env id is not registered.
+        CityEnvError: Any typed error of the scenario, the environment or the world model.
+    """
+    before = _entries(config.out)
+    try:
+        return _rollout(config)
+    except BaseException:
+        clean_failed_run(config.out, before)
+        raise
+
+
+def _rollout(config: RolloutConfig) -> dict[str, Any]:
     start = time.perf_counter()
     scenario = _resolved(config, load_scenario(scenario_path(config.scenario)))
     config.out.mkdir(parents=True, exist_ok=True)
@@ -342,11 +402,40 @@ def rollout(config: RolloutConfig) -> dict[str, Any]:
     return summary
 
 
+# --- a failed run leaves nothing behind -------------------------------------------------------
+HYDRA_FILES = frozenset({".hydra", "rollout.log"})
+"""What Hydra writes into the run folder before the rollout starts."""
+
+
+def _entries(folder: Path) -> set[str]:
+    return set(os.listdir(folder)) if folder.is_dir() else set()
+
+
+def clean_failed_run(folder: Path, before: set[str]) -> None:
+    """Remove what a failed run added to ``folder``, and the folder if only Hydra's files are left.
+
+    Args:
+        folder: The run folder.
+        before: Its entries when the run began (kept: they are not this run's).
+    """
+    for name in _entries(folder) - before - HYDRA_FILES:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    if folder.is_dir() and _entries(folder) <= HYDRA_FILES:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @hydra.main(version_base=None, config_path=str(config_dir()), config_name="rollout")
 def main(cfg: DictConfig) -> None:
-    """Run the configured scenario and log where the outputs went."""
-    config = load_config(cfg)
-    summary = rollout(config)
+    """Run the configured scenario and log where the outputs went (errors: see cityenv.cli)."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    before = _entries(run_dir) - HYDRA_FILES
+    with typed_errors(cleanup=lambda: clean_failed_run(run_dir, before)):
+        config = load_config(cfg)
+        summary = rollout(config)
     log.info(
         "%s: %d frames, %.0f m travelled, %.1f frames/s, success=%s -> %s",
         summary["scenario"],
@@ -359,4 +448,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    take_verbose_flag()
     main()

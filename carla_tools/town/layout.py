@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cityenv.errors import ConfigError
+
 CURB_HEIGHT = 0.15
 """Height of sidewalks and lots above the road surface, metres."""
 
@@ -318,6 +320,19 @@ class LayoutParams:
     blocks: tuple[int, int] = (4, 4)
     block_size: tuple[float, float] = (60.0, 110.0)
     jitter: float = 4.0
+
+    def __post_init__(self) -> None:
+        blocks = tuple(self.blocks) if isinstance(self.blocks, (tuple, list)) else None
+        if (
+            blocks is None
+            or len(blocks) != 2
+            or not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in blocks)
+            or min(blocks) < 1
+        ):
+            raise ConfigError(
+                f"town blocks must be a pair (east-west, north-south) of whole numbers >= 1, got "
+                f"{self.blocks!r}; a town needs at least one block, e.g. blocks=(1, 1)."
+            )
 
 
 def generate_layout(seed: int, params: LayoutParams | None = None) -> TownLayout:

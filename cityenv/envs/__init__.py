@@ -8,6 +8,8 @@
     env = gym.make("CityWorld-Town-v0", render_mode="rgb_array")
     obs, info = env.reset(seed=0, options={"prompt": "a sunny afternoon"})
 
+Bad input (a constructor argument, a ``reset`` option, an action) is a typed error that says
+what was expected and what came: :mod:`cityenv.envs.validation` and ``docs/reliability.md``.
 Names are imported on first use (PEP 562), so ``import cityenv`` (which registers the IDs)
 imports neither torch nor the world model.
 """
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from cityenv.envs.registration import ENV_IDS, register_envs
     from cityenv.envs.tasks import FreeTask, NavigationTask, make_task
     from cityenv.envs.town import TownSpec, build_town_db, town_db_path
+    from cityenv.envs.validation import RESET_OPTIONS, check_reset_options
 
 _HOMES = {
     "ACTION_MODES": "actions",
@@ -53,6 +56,8 @@ _HOMES = {
     "TownSpec": "town",
     "build_town_db": "town",
     "town_db_path": "town",
+    "RESET_OPTIONS": "validation",
+    "check_reset_options": "validation",
 }
 __all__ = [
     "ACTION_MODES",
@@ -63,11 +68,13 @@ __all__ = [
     "ENV_IDS",
     "FreeTask",
     "NavigationTask",
+    "RESET_OPTIONS",
     "StepRecord",
     "TownSpec",
     "TrajectoryActions",
     "VelocityActions",
     "build_town_db",
+    "check_reset_options",
     "estimate_reference_height",
     "make_action_adapter",
     "make_task",

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from cityenv.envs.validation import finite_number, whole_number
 from cityenv.errors import InvalidActionError
 from cityenv.geometry.pose import Pose, Trajectory
 
@@ -76,18 +77,18 @@ class ActionAdapter(ABC):
         chunk_length: Poses per chunk ``L``.
         fps: Frame rate of the chunk.
         max_pitch_deg: Pitch is clamped to ``[-max_pitch_deg, max_pitch_deg]``.
+
+    Raises:
+        InvalidOptionError: If a length, rate, speed or bound is not a finite number of its
+            range (speeds are never negative), checked by each adapter before its space is made.
     """
 
     name: str = ""
 
     def __init__(self, chunk_length: int, fps: float, max_pitch_deg: float = 60.0) -> None:
-        if int(chunk_length) < 1 or not (math.isfinite(fps) and fps > 0):
-            raise ValueError(
-                f"chunk_length must be >= 1 and fps > 0, got {chunk_length} and {fps}."
-            )
-        self.chunk_length = int(chunk_length)
-        self.fps = float(fps)
-        self.max_pitch_deg = float(max_pitch_deg)
+        self.chunk_length = whole_number("chunk_length", chunk_length)
+        self.fps = finite_number("fps", fps, low=0.0, low_open=True)
+        self.max_pitch_deg = finite_number("max_pitch_deg", max_pitch_deg, low=0.0)
         self.space = self._make_space()
 
     @abstractmethod
@@ -135,8 +136,8 @@ class ActionAdapter(ABC):
 
     def _invalid(self, action: Any, why: str) -> InvalidActionError:
         return InvalidActionError(
-            f"action must be an element of {self.space} ({self.name} mode), got {action!r} "
-            f"({why}); sample from env.action_space or clip to its bounds."
+            f"action must be an element of {_describe(self.space)} ({self.name} mode), got "
+            f"{_short(action)} ({why}); sample from env.action_space or clip to its bounds."
         )
 
 
@@ -164,11 +165,10 @@ class DiscreteActions(ActionAdapter):
         turn_speed: float = 2.5,
         max_pitch_deg: float = 60.0,
     ) -> None:
-        self.speed, self.turn_deg, self.turn_speed = (
-            float(speed),
-            float(turn_deg),
-            float(turn_speed),
-        )
+        # Speeds are >= 0: a negative one would drive backwards, which no action asks for.
+        self.speed = finite_number("speed", speed, low=0.0)
+        self.turn_deg = finite_number("turn_deg", turn_deg)
+        self.turn_speed = finite_number("turn_speed", turn_speed, low=0.0)
         super().__init__(chunk_length, fps, max_pitch_deg)
 
     def _make_space(self) -> spaces.Space:
@@ -217,8 +217,10 @@ class VelocityActions(ActionAdapter):
         max_pitch_rate: float = 30.0,
         max_pitch_deg: float = 60.0,
     ) -> None:
-        self.max_speed, self.max_yaw_rate = float(max_speed), float(max_yaw_rate)
-        self.pitch, self.max_pitch_rate = bool(pitch), float(max_pitch_rate)
+        self.max_speed = finite_number("max_speed", max_speed, low=0.0, low_open=True)
+        self.max_yaw_rate = finite_number("max_yaw_rate", max_yaw_rate, low=0.0)
+        self.pitch = bool(pitch)
+        self.max_pitch_rate = finite_number("max_pitch_rate", max_pitch_rate, low=0.0)
         super().__init__(chunk_length, fps, max_pitch_deg)
 
     def _make_space(self) -> spaces.Space:
@@ -255,7 +257,7 @@ class TrajectoryActions(ActionAdapter):
     def __init__(
         self, chunk_length: int, fps: float, *, max_speed: float = 10.0, max_pitch_deg: float = 60.0
     ) -> None:
-        self.max_speed = float(max_speed)
+        self.max_speed = finite_number("max_speed", max_speed, low=0.0, low_open=True)
         super().__init__(chunk_length, fps, max_pitch_deg)
 
     def _make_space(self) -> spaces.Box:
@@ -321,20 +323,46 @@ def _integrate(step_m: np.ndarray, step_yaw_deg: np.ndarray) -> tuple[np.ndarray
 
 
 def _check_box(adapter: ActionAdapter, action: Any) -> np.ndarray:
-    """``action`` as float32 of the Box's shape, finite and inside the bounds."""
+    """``action`` as float32 of the Box's shape, finite and inside the bounds.
+
+    Only real numbers are taken (bools, complex numbers and strings are refused, never
+    converted), and the shape must be the space's up to axes of length 1 (a batch of one):
+    reshaping a ``(4, L)`` array into ``(L, 4)`` would scramble the path, so it is refused.
+    """
     space = adapter.space
     assert isinstance(space, spaces.Box)
     try:
-        a = np.asarray(action, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise adapter._invalid(action, f"not numeric: {exc}") from exc
+        a = np.asarray(action)
+    except (TypeError, ValueError) as exc:  # ragged nested lists
+        raise adapter._invalid(action, f"not an array of numbers: {exc}") from exc
+    if a.dtype.kind not in "iuf":
+        raise adapter._invalid(action, f"dtype {a.dtype}, expected real numbers (float32)")
     if a.shape != space.shape:
-        if a.size != int(np.prod(space.shape)):
-            raise adapter._invalid(action, f"shape {a.shape}, expected {space.shape}")
-        a = a.reshape(space.shape)
+        if _without_ones(a.shape) != _without_ones(space.shape):
+            raise adapter._invalid(
+                action, f"shape {a.shape}, expected {space.shape} (a transposed array is refused)"
+            )
+        a = a.reshape(space.shape)  # only axes of length 1 differ
+    a = a.astype(np.float32)
     if not np.all(np.isfinite(a)):
         raise adapter._invalid(action, "NaN or inf")
     tol = 1e-5 * np.maximum(1.0, np.abs(space.high))
     if np.any(a < space.low - tol) or np.any(a > space.high + tol):
         raise adapter._invalid(action, "outside the bounds")
     return np.clip(a, space.low, space.high)
+
+
+def _describe(space: spaces.Space) -> str:
+    """The space for a message: a large Box by shape and dtype (its bounds fill pages)."""
+    if isinstance(space, spaces.Box) and space.low.size > 4:
+        return f"Box(shape={space.shape}, {space.dtype}; bounds in env.action_space.low/high)"
+    return str(space)
+
+
+def _short(action: Any, limit: int = 120) -> str:
+    text = repr(action)
+    return text if len(text) <= limit else text[: limit - 5] + " ...]"
+
+
+def _without_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)

@@ -24,7 +24,6 @@ Observation (a ``Dict``; text is not in it, SB3 cannot batch text; the prompt co
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import time
@@ -44,6 +43,7 @@ from cityenv.envs.actions import ActionAdapter, level_rotations, make_action_ada
 from cityenv.envs.cities import resolve_city_db
 from cityenv.envs.tasks import NavigationTask, make_task
 from cityenv.envs.town import TownSpec
+from cityenv.envs.validation import check_env_arguments, check_prompt, check_reset_options
 from cityenv.errors import OutOfCoverageError, ShapeMismatchError, unknown_name
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
@@ -89,8 +89,11 @@ class CityWorldEnv(gym.Env):
         world_model: ``"warp"`` (:class:`~cityenv.worldmodel.warp.WarpWorldModel`),
             ``"diffusion"`` (:class:`~cityenv.worldmodel.diffusion.DiffusionWorldModel`, built
             by :meth:`~cityenv.worldmodel.diffusion.DiffusionWorldModel.create` from
-            ``world_model_options``), a ``"module:Class"`` path, a :class:`WorldModel` or a
-            callable returning one.
+            ``world_model_options``), another name of
+            :data:`~cityenv.worldmodel.registry.WORLD_MODELS` (entry-point group
+            ``cityenv.world_models``), a :class:`WorldModel` or a callable returning one. An
+            import path is taken only as ``"import:package.module:attr"`` (importing runs
+            code: :mod:`cityenv.worldmodel.registry`).
         world_model_options: Keyword arguments of the world model's constructor (for
             ``"diffusion"``: ``path`` of a saved model, or ``preset`` + ``seed`` for random
             weights, ``device``, and :class:`~cityenv.worldmodel.settings.SamplingSettings`
@@ -159,6 +162,23 @@ class CityWorldEnv(gym.Env):
         start_radius_m: float = 20.0,
         full_info: bool = False,
     ) -> None:
+        check_env_arguments(
+            width=width,
+            height=height,
+            fov_deg=fov_deg,
+            chunk_length=chunk_length,
+            fps=fps,
+            camera_height=camera_height,
+            max_speed=max_speed,
+            link_radius_m=link_radius_m,
+            start_radius_m=start_radius_m,
+            mappings={
+                "world_model_options": world_model_options,
+                "action_options": action_options,
+                "task_options": task_options,
+                "retrieval": retrieval,
+            },
+        )
         _check_choice("observe", observe, ("last", "chunk"))
         _check_choice("render_mode", render_mode, (None, "rgb_array"))
         town_spec = TownSpec.from_options(town)  # checked even when another city is asked for
@@ -225,9 +245,12 @@ class CityWorldEnv(gym.Env):
 
         Raises:
             OutOfCoverageError: If the start or the goal lies outside the covered streets.
+            UnknownOptionError: If an option is not one of the above ("Did you mean").
+            InvalidOptionError: If ``options`` is not a dict or an option has the wrong type.
+            ShapeMismatchError: If ``start_image`` is not a non-empty uint8 ``(h, w, 3)``.
         """
         super().reset(seed=seed)
-        options = dict(options or {})
+        options = check_reset_options(options)
         self.prompt = options.get("prompt")
         start, goal = self._start_and_goal(options)
         self.pose, self.start_node = start, self.road_graph.nearest_node(start.position)
@@ -299,7 +322,7 @@ class CityWorldEnv(gym.Env):
 
     def set_prompt(self, prompt: str | None) -> None:
         """Change the text prompt from the next chunk on."""
-        self.prompt = prompt
+        self.prompt = check_prompt(prompt)
         self.world_model.set_prompt(prompt)
 
     # --- start and goal ------------------------------------------------------------------------
@@ -512,41 +535,13 @@ def _adapter(
     return make_action_adapter(mode, chunk_length, fps, **{**defaults, **dict(options or {})})
 
 
-_WORLD_MODELS = {
-    "warp": "cityenv.worldmodel.warp:WarpWorldModel.create",
-    "diffusion": "cityenv.worldmodel.diffusion:DiffusionWorldModel.create",
-}
-
-
 def _make_world_model(
     spec: str | WorldModel | Callable[[], WorldModel], options: Mapping[str, Any] | None
 ) -> WorldModel:
-    if isinstance(spec, WorldModel):
-        if options:
-            raise ValueError(
-                "world_model_options are passed to the world model's constructor, but "
-                f"world_model is an already built {type(spec).__name__}; give a name, a "
-                "'module:Class' path or a factory instead, or drop the options."
-            )
-        return spec
-    if isinstance(spec, str):
-        path = _WORLD_MODELS.get(spec, spec)
-        module, _, name = path.partition(":")
-        if not name:
-            raise unknown_name(
-                "world_model",
-                spec,
-                _WORLD_MODELS,
-                advice="Or give a factory as 'package.module:ClassName'.",
-            )
-        factory: Any = importlib.import_module(module)
-        for part in name.split("."):
-            factory = getattr(factory, part)
-        spec = factory
-    model = spec(**dict(options or {}))
-    if not isinstance(model, WorldModel):
-        raise TypeError(f"world_model must build a WorldModel, got {type(model).__name__}.")
-    return model
+    # Names are looked up, never imported: cityenv.worldmodel.registry says why.
+    from cityenv.worldmodel.registry import make_world_model
+
+    return make_world_model(spec, options)
 
 
 def _retriever(

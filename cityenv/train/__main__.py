@@ -17,8 +17,8 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from cityenv.cli import take_verbose_flag, typed_errors
 from cityenv.config import config_dir
-from cityenv.errors import CityEnvError
 from cityenv.train.config import TrainConfig, register_configs
 
 log = logging.getLogger("cityenv.train")
@@ -32,13 +32,8 @@ def main(cfg: DictConfig) -> None:
     from cityenv.train.app import run
 
     config: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    try:
+    with typed_errors():  # message and exit status 2; traceback with --verbose
         result = run(config)
-    except CityEnvError as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        log.error("%s: %s", type(error).__name__, error)
-        sys.exit(2)
     log.info(
         "%d steps done in %.1f s; last checkpoint %s",
         result.step,
@@ -54,5 +49,6 @@ def _quiet_other_ranks() -> None:
 
 
 if __name__ == "__main__":
+    take_verbose_flag()
     _quiet_other_ranks()
     main()

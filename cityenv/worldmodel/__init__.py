@@ -18,7 +18,10 @@ Modules, each importing only those above it in this list (and ``cityenv.geometry
 - ``conditioning`` (a chunk's :class:`ChunkSequence`), ``sampling`` (the flow-matching sampler
   and guidance), ``objective`` (the training loss; never imports ``diffusion``);
 - ``presets`` (``configs/worldmodel/*.yaml``), ``checkpoint`` (the saved folder format);
-- ``diffusion``: :class:`DiffusionWorldModel`, a composition of the parts above.
+- ``diffusion``: :class:`DiffusionWorldModel`, a composition of the parts above;
+- ``registry``: :data:`WORLD_MODELS`, world models by name (``warp``, ``diffusion``, entry
+  points of ``cityenv.world_models``) and :func:`make_world_model`; it imports each model only
+  when one is made, and never a module named in a string unless asked (``import:``).
 
 Names are imported on first use (PEP 562): the interface does not pull in diffusers.
 """
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
         prepare_reference,
         warp_nearest,
     )
+    from cityenv.worldmodel.registry import WORLD_MODELS, make_world_model
     from cityenv.worldmodel.settings import SamplingSettings
     from cityenv.worldmodel.text import (
         LazyTextEncoder,
@@ -83,6 +87,8 @@ _HOMES = {
     "ReferenceView": "referencing",
     "prepare_reference": "referencing",
     "warp_nearest": "referencing",
+    "WORLD_MODELS": "registry",
+    "make_world_model": "registry",
     "SamplingSettings": "settings",
     "LazyTextEncoder": "text",
     "MiniLMTextEncoder": "text",
@@ -107,6 +113,7 @@ __all__ = [
     "LazyTextEncoder",
     "load_preset",
     "make_text_encoder",
+    "make_world_model",
     "MiniLMTextEncoder",
     "plan_freeze_frames",
     "prepare_reference",
@@ -125,6 +132,7 @@ __all__ = [
     "TextEncoder",
     "VideoVAE",
     "warp_nearest",
+    "WORLD_MODELS",
     "WarpOptions",
     "WarpWorldModel",
     "WorldModel",

@@ -17,19 +17,29 @@ same. Weights are read from safetensors only: a folder holding pickled weights i
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+from safetensors import safe_open
 
-from cityenv.errors import CheckpointError
+from cityenv.errors import CheckpointError, ConfigError, TextEncoderNotFoundError
 from cityenv.worldmodel.dit import CityDiT
 from cityenv.worldmodel.settings import SamplingSettings
+from cityenv.worldmodel.text import LazyTextEncoder
 from cityenv.worldmodel.vae import PICKLED_WEIGHT_SUFFIXES, VideoVAE
 
-__all__ = ["ModelFolder", "load_folder", "refuse_pickles", "save_folder"]
+__all__ = [
+    "ModelFolder",
+    "check_weights",
+    "load_folder",
+    "refuse_pickles",
+    "save_folder",
+    "weights_mismatch",
+]
 
 CONFIG_FILE = "config.json"
 _SETTINGS_KEYS = ("sampling", "rollout")  # current name first; "rollout" in older folders
@@ -84,14 +94,30 @@ def save_folder(
 def load_folder(
     path: str | Path, *, class_name: str, torch_dtype: torch.dtype | None = None
 ) -> ModelFolder:
-    """Read a model folder written by :func:`save_folder` (or by an older cityenv).
+    """Read a model folder written by :func:`save_folder` (or by an older cityenv), strictly.
+
+    Everything is checked before a weight is read into a model: ``config.json`` is JSON with the
+    keys :func:`save_folder` writes; the saved sampling settings can generate
+    (:class:`SamplingSettings` takes them); the text encoder's kind is known and its folder, if
+    one is named, exists; each part's safetensors hold exactly the tensors, of exactly the
+    shapes, that its ``config.json`` describes. So a folder whose parts disagree (one transformer
+    block fewer or more, another width) fails here with the keys named, not later with a
+    half-random model or an error from inside diffusers.
 
     Raises:
-        CheckpointError: If the folder has no ``config.json``, describes another class, lacks
-            the settings, or holds pickled weights.
+        CheckpointError: If the folder has no ``config.json`` or it is not JSON, describes
+            another class, lacks or garbles the settings, holds settings that cannot generate
+            or pickled weights, or a part's config and weights disagree (the message names the
+            missing, unexpected and reshaped keys).
+        TextEncoderNotFoundError: If the text encoder's folder does not exist or is incomplete.
     """
     path = Path(path)
     meta = _read_config(path, class_name)
+    sampling = _check_sampling(path / CONFIG_FILE, meta)
+    _check_text_encoder(path / CONFIG_FILE, meta["text_encoder"])
+    check_weights(path / "transformer", _transformer_shapes(path / "transformer"))
+    check_weights(path / "vae", _vae_shapes(path / "vae"))
+    _read_json(path / "scheduler" / "scheduler_config.json", "the scheduler's settings")
     transformer = CityDiT.from_pretrained(
         path / "transformer",
         use_safetensors=True,
@@ -100,8 +126,122 @@ def load_folder(
     )
     vae = VideoVAE.from_pretrained(path / "vae", torch_dtype=torch_dtype)
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler")
-    sampling = next(meta[k] for k in _SETTINGS_KEYS if k in meta)
-    return ModelFolder(path, transformer, vae, scheduler, dict(sampling), meta["text_encoder"])
+    return ModelFolder(path, transformer, vae, scheduler, sampling, dict(meta["text_encoder"]))
+
+
+def check_weights(folder: Path, expected: Mapping[str, tuple[int, ...]]) -> None:
+    """Raise unless ``folder``'s safetensors hold exactly the tensors ``expected`` names.
+
+    Only the files' headers are read (names and shapes), so this costs no memory.
+
+    Args:
+        folder: A diffusers model folder (``config.json`` + one or more ``*.safetensors``).
+        expected: Parameter name -> shape of the model its ``config.json`` describes.
+
+    Raises:
+        CheckpointError: If there is no weights file, one cannot be read, or the names and
+            shapes differ (naming the missing, unexpected and reshaped keys).
+    """
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(
+            f"expected safetensors weights in {folder} (written by save_pretrained), found "
+            "none; copy the complete model folder again."
+        )
+    saved: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        saved.update(_header_shapes(file))
+    problem = weights_mismatch(expected, saved)
+    if problem:
+        raise CheckpointError(
+            f"the weights in {folder} do not fit its config.json: {problem}. The config and the "
+            "weights come from different models (an edited config.json, or files copied from "
+            "another save); save the model again or restore the matching config.json."
+        )
+
+
+def weights_mismatch(
+    expected: Mapping[str, tuple[int, ...]], saved: Mapping[str, tuple[int, ...]], few: int = 6
+) -> str:
+    """How two name -> shape maps differ, for a message; ``""`` when they agree.
+
+    Args:
+        expected: The model's parameters (name -> shape).
+        saved: The file's tensors (name -> shape).
+        few: Keys listed per kind of difference (the count is always given).
+
+    Returns:
+        ``"N missing keys [...] and M more; N unexpected keys [...]; N reshaped keys ['k:
+        saved (..), model (..)']"``, the kinds without a difference left out.
+    """
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    reshaped = [
+        f"{k}: saved {tuple(saved[k])}, model {tuple(expected[k])}"
+        for k in sorted(set(saved) & set(expected))
+        if tuple(saved[k]) != tuple(expected[k])
+    ]
+    kinds = (("missing", missing), ("unexpected", unexpected), ("reshaped", reshaped))
+    return "; ".join(
+        f"{len(keys)} {label} keys {keys[:few]}"
+        + (f" and {len(keys) - few} more" if len(keys) > few else "")
+        for label, keys in kinds
+        if keys
+    )
+
+
+def _header_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header."""
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            names = handle.keys()  # a safe_open handle is not iterable
+            return {k: tuple(handle.get_slice(k).get_shape()) for k in names}
+    except Exception as exc:  # safetensors raises its own SafetensorError, or OSError
+        raise CheckpointError(
+            f"{file} cannot be read as safetensors ({exc}); the file is truncated or damaged: "
+            "copy it again or save the model again."
+        ) from exc
+
+
+def _transformer_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes of the transformer that ``folder/config.json`` describes."""
+    config = _read_json(folder / "config.json", "the transformer's config")
+    return _meta_shapes(folder, lambda: CityDiT.from_config(config))
+
+
+def _vae_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes of the VAE that ``folder/config.json`` describes."""
+    config = _read_json(folder / "config.json", "the VAE's config")
+    return _meta_shapes(folder, lambda: VideoVAE.from_config(config).vae)
+
+
+def _meta_shapes(folder: Path, build: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, ...]]:
+    # Built on the meta device: shapes without memory or time, even for the 2B presets.
+    try:
+        with torch.device("meta"):
+            module = build()
+    except Exception as exc:  # the constructor's own error for a value it cannot take
+        raise CheckpointError(
+            f"{folder / 'config.json'} does not describe a model that can be built ({exc}); "
+            "restore the config.json that save_pretrained wrote."
+        ) from exc
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """``path``'s JSON value, or a :class:`CheckpointError` saying which file is wrong."""
+    if not path.is_file():
+        raise CheckpointError(
+            f"expected {what} at {path}, found no such file; copy the complete model folder "
+            "again (config.json, transformer/, vae/, scheduler/)."
+        )
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"{path} ({what}) must be JSON, got a file that is not ({exc}); restore the file "
+            "save_pretrained wrote."
+        ) from None
 
 
 def _read_config(path: Path, class_name: str) -> dict[str, Any]:
@@ -112,7 +252,12 @@ def _read_config(path: Path, class_name: str) -> dict[str, Any]:
             f"{class_name}.save_pretrained) at {path}; none is there."
         )
     refuse_pickles(path)
-    meta = json.loads(meta_path.read_text())
+    meta = _read_json(meta_path, "the world model's config")
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"{meta_path} must hold a JSON object (_class_name, sampling, text_encoder), got "
+            f"a {type(meta).__name__}; restore the file save_pretrained wrote."
+        )
     if meta.get("_class_name") != class_name:
         raise CheckpointError(
             f"{meta_path} describes a {meta.get('_class_name')!r}, not a {class_name}."
@@ -126,6 +271,45 @@ def _read_config(path: Path, class_name: str) -> dict[str, Any]:
             f"(_class_name, sampling, text_encoder). Save the model again."
         )
     return meta
+
+
+def _check_sampling(meta_path: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The saved sampling settings, checked to be settings that can generate."""
+    key = next(k for k in _SETTINGS_KEYS if k in meta)
+    values = meta[key]
+    if not isinstance(values, Mapping):
+        raise CheckpointError(
+            f"{meta_path}: {key!r} must be a mapping of SamplingSettings, got "
+            f"{type(values).__name__} {values!r}; save the model again."
+        )
+    try:
+        SamplingSettings.from_mapping(values)
+    except ConfigError as exc:
+        raise CheckpointError(
+            f"{meta_path}: the saved {key!r} settings cannot generate: {exc} Fix the value in "
+            "config.json or save the model again."
+        ) from exc
+    return dict(values)
+
+
+def _check_text_encoder(meta_path: Path, spec: Any) -> None:
+    """The saved text encoder's kind is known and its folder, if one is named, is complete."""
+    if not isinstance(spec, Mapping):
+        raise CheckpointError(
+            f"{meta_path}: 'text_encoder' must be a mapping (kind, path, max_length), got "
+            f"{type(spec).__name__} {spec!r}; save the model again."
+        )
+    try:
+        LazyTextEncoder(spec)  # checks the kind, the length and the folder; loads nothing
+    except FileNotFoundError as exc:
+        raise TextEncoderNotFoundError(
+            f"{meta_path} names a text encoder that cannot be found: {exc}. Put the folder "
+            "there, or set text_encoder.path in config.json to where it is."
+        ) from exc
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"{meta_path}: 'text_encoder' is not a text encoder spec: {exc}"
+        ) from exc
 
 
 def refuse_pickles(path: Path) -> None:

@@ -256,8 +256,7 @@ class DiffusionWorldModel(WorldModel):
             plucker_channels=PLUCKER_CHANNELS * vae.temporal_ratio,
             torch_dtype=torch_dtype,
         )
-        text = {**cfg.get("text_encoder", {}), "kind": "umt5", "path": str(path)}
-        return cls._assemble(cfg, transformer, vae, text, device, settings)
+        return cls._assemble(cfg, transformer, vae, _wan_text(cfg, path), device, settings)
 
     @classmethod
     def from_pretrained(
@@ -641,6 +640,20 @@ def _check_parts(transformer: CityDiT, vae: VideoVAE, settings: SamplingSettings
             f"SamplingSettings: chunk_frames must be a multiple of the VAE's temporal ratio {r}, "
             f"got {settings.chunk_frames}."
         )
+
+
+def _wan_text(cfg: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The text encoder spec of a Wan folder: its UMT5, or none (with a warning) if absent."""
+    text = {**cfg.get("text_encoder", {}), "kind": "umt5", "path": str(path)}
+    if not (path / "text_encoder").is_dir():
+        # A backbone-only folder still generates; only prompts need the encoder.
+        warnings.warn(
+            f"the Wan folder {path} has no text_encoder/ (UMT5): the model loads, but a prompt "
+            "fails until one is given; copy text_encoder/ and tokenizer/ into the folder.",
+            stacklevel=3,
+        )
+        text["path"] = None
+    return text
 
 
 def _num_latents(num_frames: int, ratio: int) -> int:

