@@ -213,3 +213,20 @@ def check_name(
     if isinstance(name, str) and name in known:
         return name
     raise unknown_name(kind, name, known, error=error, advice=advice)
+
+
+# --- CityDB integrity (issue 15) ------------------------------------------------------------------
+class ManifestLostError(ManifestNotFoundError):
+    """The folder holds committed CityDB data (Parquet parts, blob shards) but no ``manifest.json``:
+    it was lost or deleted. Nothing is changed; ``python -m cityenv.citydb repair PATH`` rebuilds
+    the manifest from the parts."""
+
+
+class CityDBIntegrityError(CityDBFormatError):
+    """Stored data disagrees with what was recorded at commit: a checksum that does not match, a
+    shard missing or shorter than committed, a manifest setting that contradicts its parts."""
+
+
+class DamagedViewWarning(UserWarning):
+    """A stored view could not be read (corrupt, truncated or missing bytes) and was skipped; issued
+    once per view id."""
