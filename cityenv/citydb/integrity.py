@@ -329,7 +329,10 @@ def _check_view_table(
         columns=[*_VIEW_COLUMNS, *fmt.BLOB_COLUMNS, *crc_columns],
         page_checksum_verification=True,
     )
-    manifest.check_part_settings(fmt.part_settings(table.schema), rel)
+    try:
+        manifest.check_part_settings(fmt.part_settings(table.schema), rel)
+    except CityDBIntegrityError as exc:  # go on: the rows may say which camera is wrong
+        result.damaged.append(Finding(rel, str(exc)))
     n = table.num_rows
     if n != part.num_views:
         result.damaged.append(Finding(rel, f"holds {n} rows, the manifest says {part.num_views}"))
