@@ -305,11 +305,13 @@ def _check_part(root: Path, manifest: fmt.Manifest, part: fmt.PartInfo) -> _Part
             result.damaged.append(
                 Finding(rel, "SHA-256 differs from the one recorded at commit (bytes changed)")
             )
+        # the file's SHA-256 covers every page; without one, the page checksums are the check
+        pages = not recorded
         try:
             if kind == "views":
-                _check_view_table(root, manifest, part, result)
+                _check_view_table(root, manifest, part, result, pages)
             else:
-                _check_panorama_table(file, part, result)
+                _check_panorama_table(file, part, result, pages)
         except (OSError, pa.ArrowException) as exc:
             result.damaged.append(Finding(rel, f"does not read as a Parquet part ({exc})"))
         except CityDBIntegrityError as exc:
@@ -318,16 +320,17 @@ def _check_part(root: Path, manifest: fmt.Manifest, part: fmt.PartInfo) -> _Part
 
 
 def _check_view_table(
-    root: Path, manifest: fmt.Manifest, part: fmt.PartInfo, result: _PartResult
+    root: Path, manifest: fmt.Manifest, part: fmt.PartInfo, result: _PartResult, pages: bool
 ) -> None:
-    """Row count, ids, settings, cameras and locators of a views file."""
+    """Row count, ids, settings, cameras and locators of a views file (``pages``: check the
+    page checksums of the columns read)."""
     rel = part.views
     names = pq.read_schema(root / rel).names
     crc_columns = [c for c in fmt.CHECKSUM_COLUMNS if c in names]
     table = pq.read_table(
         root / rel,
         columns=[*_VIEW_COLUMNS, *fmt.BLOB_COLUMNS, *crc_columns],
-        page_checksum_verification=True,
+        page_checksum_verification=pages,
     )
     try:
         manifest.check_part_settings(fmt.part_settings(table.schema), rel)
@@ -345,30 +348,17 @@ def _check_view_table(
     if n and (pano.min() < 0 or pano.max() >= manifest.num_panoramas):
         result.damaged.append(Finding(rel, "panorama_index points past the panorama table"))
     _check_cameras(manifest, part, col, result)
-    crc = {
-        kind: (
-            table.column(f"{kind}_crc32").cast(pa.int64()).fill_null(-1).to_numpy().astype(np.int64)
-            if f"{kind}_crc32" in crc_columns
-            else np.full(n, -1, np.int64)
-        )
-        for kind in ("image", "depth")
-    }
     blobs = []
     for k, kind in enumerate(("image", "depth")):
-        stored = col[f"{kind}_length"] > 0
-        result.unrecorded_crcs += int((stored & (crc[kind] < 0)).sum())
-        rows = np.stack(
-            [
-                ids,
-                np.full(n, k),
-                col[f"{kind}_shard"],
-                col[f"{kind}_offset"],
-                col[f"{kind}_length"],
-                crc[kind],
-            ],
-            1,
-        ).astype(np.int64)
-        blobs.append(rows[stored])
+        stored = np.flatnonzero(col[f"{kind}_length"] > 0)  # none in an index-only part
+        if f"{kind}_crc32" in crc_columns:
+            crc = table.column(f"{kind}_crc32").cast(pa.int64()).fill_null(-1).to_numpy()[stored]
+        else:
+            crc = np.full(stored.size, -1, np.int64)
+        result.unrecorded_crcs += int((crc < 0).sum())
+        fields = [ids[stored], np.full(stored.size, k)]
+        fields += [col[f"{kind}_{c}"][stored] for c in ("shard", "offset", "length")]
+        blobs.append(np.stack([*fields, crc], 1).astype(np.int64))
     blobs_all = np.concatenate(blobs)
     _check_locators(manifest, blobs_all, result)
     result.blobs = blobs_all
@@ -384,15 +374,19 @@ def _check_cameras(
     if cam.min() < 0 or cam.max() >= len(manifest.cameras):
         result.damaged.append(Finding(part.views, "camera_index points past the manifest cameras"))
         return
-    rows = np.stack([col[c].astype(np.float64) for c in fmt.CAMERA_COLUMNS], 1)
-    wrong = np.flatnonzero(np.any(rows != np.asarray(manifest.cameras)[cam], axis=1))
+    cameras = np.asarray(manifest.cameras)
+    bad = np.zeros(cam.size, bool)
+    for k, name in enumerate(fmt.CAMERA_COLUMNS):  # column by column: no (n, 6) temporaries
+        bad |= col[name] != cameras[cam, k]
+    wrong = np.flatnonzero(bad)
     if wrong.size:
         first = int(wrong[0])
+        row = [float(col[c][first]) for c in fmt.CAMERA_COLUMNS]
         result.damaged.append(
             Finding(
                 part.views,
                 f"{wrong.size} rows disagree with the manifest camera they name (view "
-                f"{part.first_view_id + first}: row {rows[first].tolist()} vs manifest camera "
+                f"{part.first_view_id + first}: row {row} vs manifest camera "
                 f"{int(cam[first])} {manifest.cameras[int(cam[first])]}); the manifest's "
                 "cameras were edited (restore it or `repair`)",
             )
@@ -416,9 +410,9 @@ def _check_locators(manifest: fmt.Manifest, blobs: np.ndarray, result: _PartResu
         )
 
 
-def _check_panorama_table(file: Path, part: fmt.PartInfo, result: _PartResult) -> None:
+def _check_panorama_table(file: Path, part: fmt.PartInfo, result: _PartResult, pages: bool) -> None:
     """Row count and index range of a panoramas file."""
-    table = pq.read_table(file, columns=["panorama_index"], page_checksum_verification=True)
+    table = pq.read_table(file, columns=["panorama_index"], page_checksum_verification=pages)
     first = part.first_panorama_index
     expected = np.arange(first, first + part.num_panoramas)
     if not np.array_equal(table.column(0).to_numpy(), expected):
