@@ -35,6 +35,7 @@ from cityenv.citydb.format import ViewRecords, to_utc_micros
 from cityenv.errors import (
     CityDBError,
     CityDBFormatError,
+    CityDBIntegrityError,
     ManifestLostError,
     ShapeMismatchError,
     check_name,
@@ -550,7 +551,14 @@ class CityDBWriter:
     def _read_part(self, part: fmt.PartInfo, kind: str) -> pa.Table:
         """A committed part file in the current schema (older parts gain null checksums)."""
         path = fmt.resolve_inside(self.root, getattr(part, kind), "manifest part")
-        table = pq.read_table(path, page_checksum_verification=True).replace_schema_metadata()
+        try:  # page checksums: a damaged part is not copied into a merged one
+            table = pq.read_table(path, page_checksum_verification=True).replace_schema_metadata()
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise CityDBIntegrityError(
+                f"{path} must read as the part committed there, got {exc}; nothing was "
+                f"compacted. Restore it (`python -m cityenv.citydb verify {self.root}` lists "
+                "the damage)."
+            ) from exc
         if kind == "views":
             return fmt.with_checksum_columns(table).select(fmt.VIEW_SCHEMA.names)
         return table

@@ -274,3 +274,17 @@ def test_episode_survives_a_damaged_reference_and_counts_it(db):
         assert victim not in [v.view_id for v in info["output"].references.views]
     mine = [w for w in caught if issubclass(w.category, DamagedViewWarning)]
     assert sum(f"skipping damaged view {victim} " in str(w.message) for w in mine) == 1  # once
+
+
+def test_compaction_refuses_to_copy_a_damaged_part(db):
+    from cityenv.citydb.writer import CityDBWriter
+
+    part = db / "views" / "part-00000.parquet"
+    flip_bit(part, column_data_offset(part, "lat"))
+    manifest = (db / fmt.MANIFEST_NAME).read_bytes()
+    with (
+        CityDBWriter(db) as writer,
+        pytest.raises(CityDBIntegrityError, match=r"part-00000.parquet .*nothing was compacted"),
+    ):
+        writer.compact()
+    assert (db / fmt.MANIFEST_NAME).read_bytes() == manifest
