@@ -241,3 +241,20 @@ class TextEncoderNotFoundError(CheckpointError, FileNotFoundError):
 class UnsafeImportError(ConfigError, TypeError):
     """A name given as a string would import a module (``"package.module:attr"``) where only
     registered names are taken without an explicit opt-in; says how to register or opt in."""
+
+
+# --- CityDB integrity (issue 15) ------------------------------------------------------------------
+class ManifestLostError(ManifestNotFoundError):
+    """The folder holds committed CityDB data (Parquet parts, blob shards) but no ``manifest.json``:
+    it was lost or deleted. Nothing is changed; ``python -m cityenv.citydb repair PATH`` rebuilds
+    the manifest from the parts."""
+
+
+class CityDBIntegrityError(CityDBFormatError):
+    """Stored data disagrees with what was recorded at commit: a checksum that does not match, a
+    shard missing or shorter than committed, a manifest setting that contradicts its parts."""
+
+
+class DamagedViewWarning(UserWarning):
+    """A stored view could not be read (corrupt, truncated or missing bytes) and was skipped; issued
+    once per view id."""

@@ -1,4 +1,4 @@
-"""Command line: ``python -m cityenv.citydb {ingest,ingest-photos,info,compact} ...``.
+"""Command line: ``python -m cityenv.citydb {ingest,ingest-photos,info,compact,verify,repair} ...``.
 
 Examples::
 
@@ -6,6 +6,8 @@ Examples::
     python -m cityenv.citydb ingest-photos walk/ my.citydb --city mine --refine sfm --depth sfm
     python -m cityenv.citydb info seoul.citydb
     python -m cityenv.citydb compact seoul.citydb
+    python -m cityenv.citydb verify seoul.citydb --full   # exit 1 when something is damaged
+    python -m cityenv.citydb repair seoul.citydb          # rebuild a lost manifest.json
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     compact = sub.add_parser("compact", help="merge small table parts (faster opening)")
     compact.add_argument("db", help="database folder")
     compact.add_argument("--max-views", type=int, default=2_000_000, help="views per part")
+    _add_integrity_commands(sub)
     return parser
 
 
@@ -84,6 +87,42 @@ def _ingest_photos(args: argparse.Namespace) -> None:
     print(report.summary())
 
 
+def _add_integrity_commands(sub: argparse._SubParsersAction) -> None:
+    verify = sub.add_parser("verify", help="check checksums and sizes; exit 1 if damaged")
+    verify.add_argument("db", help="database folder")
+    verify.add_argument("--full", action="store_true", help="also read and check every blob")
+    verify.add_argument("--workers", type=int, default=None, help="threads (default: CPUs, <= 8)")
+    verify.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    repair = sub.add_parser("repair", help="rebuild manifest.json from the parts and shards")
+    repair.add_argument("db", help="database folder")
+    repair.add_argument("--city", help="city name (only for parts that do not record it)")
+    repair.add_argument("--anchor", nargs=3, type=float, metavar=("LAT", "LON", "HEIGHT"))
+    repair.add_argument("--depth-scale", type=float, help="metres per depth unit (e.g. 0.01)")
+    repair.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from cityenv.citydb.integrity import verify
+
+    report = verify(args.db, full=args.full, workers=args.workers, progress=not args.no_progress)
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+def _repair(args: argparse.Namespace) -> None:
+    from cityenv.citydb.integrity import repair
+    from cityenv.geometry.geodesy import LocalFrame
+
+    report = repair(
+        args.db,
+        city=args.city,
+        anchor=LocalFrame(*args.anchor) if args.anchor else None,
+        depth_scale_m=args.depth_scale,
+        progress=not args.no_progress,
+    )
+    print("\n".join(report.lines()))
+
+
 def _ingest(args: argparse.Namespace) -> None:
     from cityenv.citydb.ingest import ingest_panoramas
     from cityenv.geometry.geodesy import LocalFrame
@@ -120,20 +159,23 @@ def _compact(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for bad input)."""
+    """Run the command line; returns the exit status (2 for bad input, 1 for damage found by
+    ``verify``)."""
     args = _parser().parse_args(argv)
     command = {
         "ingest": _ingest,
         "ingest-photos": _ingest_photos,
         "info": _info,
         "compact": _compact,
-    }[args.command]
+        "verify": _verify,
+        "repair": _repair,
+    }
     try:
-        command(args)
+        status = command[args.command](args)
     except CityEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

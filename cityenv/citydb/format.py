@@ -11,7 +11,13 @@ A CityDB is one folder (see ``docs/citydb.md`` for the full description)::
 ``manifest.json`` is the commit point: it is replaced atomically (temp file, fsync, ``os.replace``)
 and lists every committed part and the committed byte size of every shard. Readers see nothing
 else: part files it does not list and shard bytes past the committed size are ignored by readers
-and removed (or overwritten) by the next writer.
+and moved to ``lost+found/`` by the next writer (never deleted).
+
+Integrity: the manifest carries a SHA-256 of its own content and of every part file; every part
+records the database settings of its commit in its Parquet key-value metadata (so ``repair`` can
+rebuild a lost manifest) and writes CRC-32 page checksums; every view row holds the CRC-32 of its
+image and depth bytes. Databases written before these existed stay readable: a missing checksum is
+"not recorded".
 
 This module holds the schemas, manifest (de)serialisation, path checks and the image/depth codecs;
 it does no buffering and holds no state.
@@ -19,9 +25,11 @@ it does no buffering and holds no state.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,9 +43,11 @@ from numpy.typing import ArrayLike
 
 from cityenv.errors import (
     CityDBFormatError,
+    CityDBIntegrityError,
     CorruptImageError,
     InvalidDepthError,
     InvalidPoseError,
+    ManifestLostError,
     ManifestNotFoundError,
     ShapeMismatchError,
     UnsafePathError,
@@ -56,11 +66,16 @@ __all__ = [
     "PartInfo",
     "ShardInfo",
     "ViewRecords",
+    "blob_crc32",
+    "committed_files",
     "decode_depth",
     "decode_image",
     "encode_depth",
     "encode_image",
+    "file_sha256",
     "index_tables",
+    "manifest_checksum",
+    "part_settings",
     "read_manifest",
     "resolve_inside",
     "to_utc_micros",
@@ -74,6 +89,10 @@ VIEWS_DIR = "views"
 PANORAMAS_DIR = "panoramas"
 BLOBS_DIR = "blobs"
 LOCK_NAME = ".writer.lock"
+LOST_DIR = "lost+found"  # where a writer moves uncommitted leftovers (never deleted)
+PART_METADATA_KEY = b"cityenv.citydb"  # Parquet key-value metadata: the settings of the commit
+PART_PATTERN = "part-[0-9][0-9][0-9][0-9][0-9]*.parquet"
+SHARD_PATTERN = "shard-[0-9][0-9][0-9][0-9][0-9]*.bin"
 # 1 cm steps in a uint16 reach 655.35 m; 0 stays "no depth".
 DEFAULT_DEPTH_SCALE_M = 0.01
 DEPTH_MAX_CODE = 65535
@@ -113,9 +132,13 @@ VIEW_SCHEMA = pa.schema(
         pa.field("depth_shard", pa.int32(), nullable=False),
         pa.field("depth_offset", pa.int64(), nullable=False),
         pa.field("depth_length", pa.int64(), nullable=False),
+        pa.field("image_crc32", pa.uint32(), nullable=True),
+        pa.field("depth_crc32", pa.uint32(), nullable=True),
     ]
 )
-"""One row per pinhole view. ``*_length == 0`` means "not stored" (index-only rows)."""
+"""One row per pinhole view. ``*_length == 0`` means "not stored" (index-only rows);
+``*_crc32`` is the CRC-32 of the stored bytes, null = not recorded (no blob, or a part written
+before checksums: such parts lack the two columns)."""
 
 PANORAMA_SCHEMA = pa.schema(
     [
@@ -146,6 +169,7 @@ BLOB_COLUMNS = (
     "depth_offset",
     "depth_length",
 )
+CHECKSUM_COLUMNS = ("image_crc32", "depth_crc32")  # absent from parts written before checksums
 CAMERA_COLUMNS = ("image_width", "image_height", "fx", "fy", "cx", "cy")
 ROW_GROUP_SIZE = 65536
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -173,7 +197,32 @@ def parquet_write_options(schema: pa.Schema) -> dict[str, Any]:
         "use_dictionary": strings,
         "row_group_size": ROW_GROUP_SIZE,
         "write_statistics": ["view_id", "panorama_index"],
+        "write_page_checksum": True,  # CRC-32 per page, checked whenever a page is read
     }
+
+
+def with_checksum_columns(table: pa.Table) -> pa.Table:
+    """A view table with the :data:`CHECKSUM_COLUMNS` (null if absent: an older part)."""
+    for name in CHECKSUM_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(
+                pa.field(name, pa.uint32()), pa.nulls(len(table), pa.uint32())
+            )
+    return table
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes as hex (read in 4 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def blob_crc32(data: bytes) -> int:
+    """CRC-32 of a blob's bytes (what the ``*_crc32`` view columns hold)."""
+    return zlib.crc32(data)
 
 
 # --- index rows from typed arrays -----------------------------------------------------------------
@@ -462,6 +511,7 @@ def index_tables(
         # one dictionary entry: a string column of V copies would cost V Python strings
         "source": pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), [r.source]),
         **{name: np.zeros(n, np.int64) for name in BLOB_COLUMNS},
+        **{name: pa.nulls(n, pa.uint32()) for name in CHECKSUM_COLUMNS},  # no blobs
     }
     views = pa.Table.from_arrays(
         [_arrow(columns[f.name], f.type) for f in VIEW_SCHEMA], schema=VIEW_SCHEMA
@@ -491,6 +541,8 @@ class PartInfo:
         num_panoramas: Number of rows in the panoramas file.
         views_at_panorama: True when every view of the part sits exactly at its panorama's
             position (the usual case); readers then skip the views' ``x, y, z`` at open.
+        views_sha256: SHA-256 of the views file as committed, hex ("" = not recorded).
+        panoramas_sha256: SHA-256 of the panoramas file as committed, hex ("" = not recorded).
     """
 
     views: str
@@ -500,6 +552,8 @@ class PartInfo:
     first_panorama_index: int
     num_panoramas: int
     views_at_panorama: bool = False
+    views_sha256: str = ""
+    panoramas_sha256: str = ""
 
 
 @dataclass
@@ -525,6 +579,8 @@ class Manifest:
         created: UTC creation time (ISO 8601).
         updated: UTC time of the last commit (ISO 8601).
         format_version: Version of this format.
+        checksum: SHA-256 of the manifest's content as recorded in the file ("" = not recorded);
+            filled by :func:`read_manifest`, computed afresh by :func:`write_manifest`.
     """
 
     city: str
@@ -537,6 +593,7 @@ class Manifest:
     created: str = ""
     updated: str = ""
     format_version: int = FORMAT_VERSION
+    checksum: str = ""
 
     @property
     def num_views(self) -> int:
@@ -636,6 +693,75 @@ class Manifest:
             )
         if any(s.size < 0 for s in self.shards):
             raise CityDBFormatError(f"{where}: shard sizes must be >= 0; restore the manifest.")
+        if self.image_format not in IMAGE_FORMATS:
+            raise CityDBFormatError(
+                f"{where}: image_format must be one of {list(IMAGE_FORMATS)}, got "
+                f"{self.image_format!r}; restore the manifest or rebuild it from the parts "
+                "with `python -m cityenv.citydb repair DB`."
+            )
+        for i, cam in enumerate(self.cameras):
+            if len(cam) != 6 or not all(math.isfinite(v) for v in cam) or min(cam[:4]) <= 0:
+                raise CityDBFormatError(
+                    f"{where}: camera {i} must be [W, H, fx, fy, cx, cy] with finite values and "
+                    f"positive W, H, fx, fy, got {cam}; restore the manifest or rebuild it with "
+                    "`python -m cityenv.citydb repair DB`."
+                )
+
+    def settings(self) -> dict[str, Any]:
+        """The settings a part records at commit (its Parquet key-value metadata)."""
+        anchor = {"lat": self.anchor.lat, "lon": self.anchor.lon, "height": self.anchor.height}
+        return {
+            "city": self.city,
+            "anchor": anchor,
+            "depth_scale_m": self.depth_scale_m,
+            "image_format": self.image_format,
+            "cameras": self.cameras,
+        }
+
+    def check_part_settings(self, recorded: dict[str, Any] | None, where: str) -> None:
+        """Raise :class:`CityDBIntegrityError` if a part's settings contradict the manifest.
+
+        A part records the settings of its commit; later commits only add cameras, so the
+        manifest's cameras must start with the part's. ``None`` (an older part) checks nothing.
+        """
+        if not recorded:
+            return
+        mine = self.settings()
+        clashes = [
+            f"{key} {mine[key]!r} in the manifest vs {recorded[key]!r} in the part"
+            for key in ("city", "anchor", "depth_scale_m")
+            if key in recorded and recorded[key] != mine[key]
+        ]
+        cams = recorded.get("cameras", [])
+        if mine["cameras"][: len(cams)] != cams:
+            clashes.append(
+                f"cameras {mine['cameras'][: len(cams)]} in the manifest vs {cams} in the part"
+            )
+        if clashes:
+            raise CityDBIntegrityError(
+                f"{where} was committed with other settings than the manifest now says: "
+                f"{'; '.join(clashes)}; the manifest was edited or damaged. Restore it, or "
+                "rebuild it from the parts with `python -m cityenv.citydb repair DB`."
+            )
+
+
+def part_settings(schema: pa.Schema) -> dict[str, Any] | None:
+    """The settings a part recorded at commit (:meth:`Manifest.settings`), ``None`` if none."""
+    raw = (schema.metadata or {}).get(PART_METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}  # damaged metadata: no settings to trust (verify reports the part's hash)
+    return value if isinstance(value, dict) else {}
+
+
+def manifest_checksum(data: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a manifest dict's canonical JSON, its ``checksum`` key left out."""
+    body = {k: v for k, v in data.items() if k != "checksum"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _get(data: Any, key: str) -> Any:
@@ -657,6 +783,14 @@ def read_manifest(root: Path) -> Manifest:
     """
     path = root / MANIFEST_NAME
     if not path.is_file():
+        found = committed_files(root)
+        if found:
+            raise ManifestLostError(
+                f"expected {MANIFEST_NAME} in {root}, got {describe_files(found)} and no "
+                f"{MANIFEST_NAME}: the manifest was lost. Do not re-ingest into this folder; "
+                f"rebuild the manifest from the parts with `python -m cityenv.citydb repair "
+                f"{root}`."
+            )
         raise ManifestNotFoundError(
             f"expected a CityDB folder with {MANIFEST_NAME} at {root}, got "
             f"{'no such folder' if not root.exists() else 'no manifest'}; build one with "
@@ -676,13 +810,51 @@ def read_manifest(root: Path) -> Manifest:
         resolve_inside(root, part.panoramas, "manifest part")
     for shard in manifest.shards:
         resolve_inside(root, shard.path, "manifest shard")
+    manifest.checksum = str(data.get("checksum", ""))
+    if manifest.checksum and manifest.checksum != manifest_checksum(data):
+        raise CityDBIntegrityError(
+            f"{path} must hash to the checksum recorded at its last commit "
+            f"({manifest.checksum[:12]}...), got content hashing to "
+            f"{manifest_checksum(data)[:12]}...: it was edited or damaged since (a camera, "
+            "depth_scale_m, a shard size, a part changed). Restore it, or rebuild it from the "
+            f"parts with `python -m cityenv.citydb repair {root}`."
+        )
     return manifest
 
 
+def committed_files(root: Path) -> dict[str, list[Path]]:
+    """The part and shard files in a database folder (what a manifest would list), by kind."""
+    if not root.is_dir():
+        return {}
+    found = {
+        VIEWS_DIR: sorted((root / VIEWS_DIR).glob(PART_PATTERN)),
+        PANORAMAS_DIR: sorted((root / PANORAMAS_DIR).glob(PART_PATTERN)),
+        BLOBS_DIR: sorted((root / BLOBS_DIR).glob(SHARD_PATTERN)),
+    }
+    return {kind: files for kind, files in found.items() if files}
+
+
+def describe_files(found: dict[str, list[Path]]) -> str:
+    """``"3 view parts, 3 panorama parts and 1 shard (12345 bytes)"``-style text."""
+    names = {VIEWS_DIR: "view part", PANORAMAS_DIR: "panorama part", BLOBS_DIR: "shard"}
+    words = [
+        f"{len(files)} {names[kind]}{'s' if len(files) != 1 else ''}"
+        for kind, files in found.items()
+    ]
+    size = sum(f.stat().st_size for files in found.values() for f in files)
+    return f"{', '.join(words)} ({size} bytes)"
+
+
 def write_manifest(root: Path, manifest: Manifest) -> None:
-    """Atomically replace ``root/manifest.json`` (temp file, fsync, ``os.replace``, dir fsync)."""
+    """Atomically replace ``root/manifest.json`` (temp file, fsync, ``os.replace``, dir fsync).
+
+    The file records the SHA-256 of its own content (``checksum``), so an edit made by hand is
+    caught when the database is opened.
+    """
     tmp = root / (MANIFEST_NAME + ".tmp")
-    payload = json.dumps(manifest.to_json(), indent=1).encode("utf-8")
+    data = manifest.to_json()
+    manifest.checksum = data["checksum"] = manifest_checksum(data)
+    payload = json.dumps(data, indent=1).encode("utf-8")
     with open(tmp, "wb") as f:
         f.write(payload)
         f.flush()

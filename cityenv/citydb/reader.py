@@ -4,6 +4,13 @@
 times and traversals; view -> panorama, rotations and camera indices) and builds a
 KD-tree over panorama positions. It reads no image, no string column of the view table and no
 blob locator; those are read per part or per row group when a view is loaded.
+
+Integrity: opening checks the manifest's own checksum, that every shard holds its committed bytes,
+the page checksums of the columns it reads and that each part's recorded settings (cameras, depth
+scale, anchor) agree with the manifest; loading a view checks its blobs' CRC-32. Damage found while
+loading raises :class:`~cityenv.errors.CorruptImageError` (or
+:class:`~cityenv.errors.CityDBIntegrityError` for a damaged part); retrieval and reference loading
+skip such a view and record it in :attr:`CityDB.damaged`.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
@@ -25,12 +34,21 @@ from scipy.spatial import cKDTree
 
 from cityenv.cache import LRUCache
 from cityenv.citydb import format as fmt
-from cityenv.errors import CityDBFormatError, CorruptImageError, ViewNotFoundError
+from cityenv.errors import (
+    CityDBFormatError,
+    CityDBIntegrityError,
+    CorruptImageError,
+    DamagedViewWarning,
+    ViewNotFoundError,
+)
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.pose import Pose, rotation_matrix_column
 
-__all__ = ["CityDB", "View", "ViewMetadata"]
+__all__ = ["DAMAGE_ERRORS", "CityDB", "DamageLog", "View", "ViewMetadata"]
+
+DAMAGE_ERRORS = (CorruptImageError, CityDBFormatError)
+"""What loading a view raises when its stored bytes or its part are damaged (skip the view)."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ROW_GROUP_CACHE = 8  # decoded row groups kept per database (metadata / load_view reads)
@@ -86,6 +104,50 @@ class View:
     metadata: ViewMetadata
 
 
+class DamageLog:
+    """The views found damaged while reading a database: skipped, warned about once each.
+
+    Retrieval and reference loading :meth:`report` a view they could not read and go on without
+    it; the environment puts ``len(db.damaged)`` in its ``info`` as ``skipped_views``.
+
+    Args:
+        root: The database folder (named in the warnings).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._reasons: dict[int, str] = {}
+
+    def report(self, view_id: int, error: BaseException) -> None:
+        """Record a damaged view; the first report of an id issues a :class:`DamagedViewWarning`."""
+        view_id = int(view_id)
+        if view_id in self._reasons:
+            return
+        self._reasons[view_id] = str(error)
+        warnings.warn(
+            f"CityDB {self.root}: skipping damaged view {view_id} ({error}); find everything "
+            f"damaged with `python -m cityenv.citydb verify {self.root} --full`.",
+            DamagedViewWarning,
+            stacklevel=3,
+        )
+
+    def __contains__(self, view_id: object) -> bool:
+        return view_id in self._reasons
+
+    def __len__(self) -> int:
+        return len(self._reasons)
+
+    @property
+    def view_ids(self) -> np.ndarray:
+        """Ids of the damaged views found so far, shape ``(n,)`` int64 (in order found)."""
+        return np.fromiter(self._reasons, np.int64, len(self._reasons))
+
+    @property
+    def reasons(self) -> dict[int, str]:
+        """View id -> the error that made it skipped."""
+        return dict(self._reasons)
+
+
 @dataclass
 class _Index:
     """The arrays :meth:`CityDB.open` loads (``V`` views, ``P`` panoramas)."""
@@ -108,6 +170,7 @@ class CityDB:
         root: The database folder.
         manifest: The parsed manifest (as of opening).
         kdtree: ``scipy.spatial.cKDTree`` over :attr:`panorama_positions`.
+        damaged: The views found damaged so far (skipped by retrieval and reference loading).
     """
 
     def __init__(self, root: Path, manifest: fmt.Manifest, index: _Index) -> None:
@@ -124,6 +187,7 @@ class CityDB:
         self._locators: dict[int, np.ndarray] = {}
         self._row_groups = LRUCache[tuple[int, int], pa.Table](_ROW_GROUP_CACHE)
         self._row_group_starts: dict[int, np.ndarray] = {}
+        self.damaged = DamageLog(root)
 
     # --- opening --------------------------------------------------------------------------------
     @classmethod
@@ -137,12 +201,17 @@ class CityDB:
             The opened database, a snapshot of the last commit.
 
         Raises:
-            ManifestNotFoundError: If the folder has no manifest.
+            ManifestNotFoundError: If the folder has no manifest
+                (:class:`~cityenv.errors.ManifestLostError` if it holds parts: run ``repair``).
             CityDBFormatError: If the manifest or a table is malformed.
+            CityDBIntegrityError: If the manifest was edited since its commit, a shard is missing
+                or shorter than committed, a page checksum fails or a part's recorded settings
+                contradict the manifest.
             UnsafePathError: If the manifest names a file outside the folder.
         """
         root = Path(path)
         manifest = fmt.read_manifest(root)
+        _check_shards(root, manifest)
         return cls(root, manifest, _load_index(root, manifest))
 
     def close(self) -> None:
@@ -332,10 +401,16 @@ class CityDB:
         """The whole view table (all parts, all columns); reads every part file, so it is slow
         and large for a city-scale database."""
         tables = [
-            pq.read_table(fmt.resolve_inside(self.root, p.views, "manifest part"))
+            fmt.with_checksum_columns(
+                pq.read_table(fmt.resolve_inside(self.root, p.views, "manifest part"))
+            ).select(fmt.VIEW_SCHEMA.names)
             for p in self.manifest.parts
         ]
-        return pa.concat_tables(tables) if tables else fmt.VIEW_SCHEMA.empty_table()
+        return (
+            pa.concat_tables(tables, promote_options="permissive")
+            if tables
+            else fmt.VIEW_SCHEMA.empty_table()
+        )
 
     @property
     def panoramas(self) -> pa.Table:
@@ -395,16 +470,17 @@ class CityDB:
 
         Raises:
             ViewNotFoundError: If the id is out of range.
-            CorruptImageError: If the image is missing, truncated or does not decode.
+            CorruptImageError: If the image is missing, truncated, fails its CRC-32 or does not
+                decode.
         """
-        shard, offset, length = self._locator(view_id)[:3]
+        shard, offset, length, _, _, _, crc, _ = self._locator(view_id)
         where = self._where(view_id, "image", shard, offset)
         if length == 0:
             raise CorruptImageError(
                 f"{where}: expected a stored image, got none (an index-only row); load images "
                 "only from databases written with images."
             )
-        image = fmt.decode_image(self._read_blob(shard, offset, length, where), where)
+        image = fmt.decode_image(self._read_blob(shard, offset, length, where, crc), where)
         self._check_decoded(image, view_id, where)
         return image
 
@@ -421,15 +497,15 @@ class CityDB:
 
         Raises:
             ViewNotFoundError: If the id is out of range.
-            CorruptImageError: If the depth map is truncated or does not decode.
+            CorruptImageError: If the depth map is truncated, fails its CRC-32 or does not decode.
         """
-        shard, offset, length = self._locator(view_id)[3:]
+        *_, shard, offset, length, _, crc = self._locator(view_id)
         camera = self.camera(view_id)
         if length == 0:
             depth = np.zeros(camera.shape, dtype=np.float32)
         else:
             where = self._where(view_id, "depth", shard, offset)
-            data = self._read_blob(shard, offset, length, where)
+            data = self._read_blob(shard, offset, length, where, crc)
             depth = fmt.decode_depth(data, self.manifest.depth_scale_m, where)
             self._check_decoded(depth, view_id, where)
         return depth if size is None else resample_nearest(depth, size)
@@ -484,7 +560,7 @@ class CityDB:
         part, local = self._part_of(view_id)
         starts = self._row_group_starts.get(part)
         if starts is None:
-            with pq.ParquetFile(self._part_file(part)) as f:
+            with self._part_errors(part), pq.ParquetFile(self._part_file(part)) as f:
                 sizes = [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)]
             starts = self._row_group_starts[part] = np.cumsum([0, *sizes])
         group = int(np.searchsorted(starts, local, side="right")) - 1
@@ -495,27 +571,58 @@ class CityDB:
         return table.slice(row, 1).to_pylist()[0]
 
     def _read_row_group(self, part: int, group: int) -> pa.Table:
-        with pq.ParquetFile(self._part_file(part)) as f:
+        with (
+            self._part_errors(part),
+            pq.ParquetFile(self._part_file(part), page_checksum_verification=True) as f,
+        ):
             return f.read_row_group(group)
 
-    def _locator(self, view_id: int) -> tuple[int, int, int, int, int, int]:
-        """Image and depth ``(shard, offset, length)`` of a view (locators are read per part)."""
+    @contextlib.contextmanager
+    def _part_errors(self, part: int) -> Iterator[None]:
+        """Turn a failed read of a part file into :class:`CityDBIntegrityError` naming it."""
+        try:
+            yield
+        except (OSError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise CityDBIntegrityError(
+                f"{self.manifest.parts[part].views} of {self.root} must read as the Parquet part "
+                f"committed there, got an error ({exc}); it was damaged after its commit. "
+                f"Restore it; `python -m cityenv.citydb verify {self.root}` lists the damage."
+            ) from exc
+
+    def _locator(self, view_id: int) -> tuple[int, int, int, int, int, int, int, int]:
+        """Image and depth ``(shard, offset, length)`` and their CRC-32s (-1 = not recorded).
+
+        Returns:
+            ``(image_shard, image_offset, image_length, depth_shard, depth_offset,
+            depth_length, image_crc32, depth_crc32)``.
+        """
         part, local = self._part_of(view_id)
         table = self._locators.get(part)
         if table is None:
-            cols = pq.read_table(self._part_file(part), columns=list(fmt.BLOB_COLUMNS))
-            table = np.stack(
-                [cols.column(c).to_numpy().astype(np.int64) for c in cols.column_names], 1
-            )
-            self._locators[part] = table
+            table = self._locators[part] = self._read_locators(part)
         return tuple(int(v) for v in table[local])  # type: ignore[return-value]
+
+    def _read_locators(self, part: int) -> np.ndarray:
+        """The blob columns of a part, ``(n, 8)`` int64 (CRCs -1 where null or absent)."""
+        path = self._part_file(part)
+        with self._part_errors(part):
+            names = pq.read_schema(path).names
+            wanted = [*fmt.BLOB_COLUMNS, *(c for c in fmt.CHECKSUM_COLUMNS if c in names)]
+            cols = pq.read_table(path, columns=wanted, page_checksum_verification=True)
+        out = np.full((cols.num_rows, 8), -1, np.int64)
+        for k, name in enumerate((*fmt.BLOB_COLUMNS, *fmt.CHECKSUM_COLUMNS)):
+            if name in cols.column_names:
+                out[:, k] = (
+                    cols.column(name).cast(pa.int64()).fill_null(-1).to_numpy().astype(np.int64)
+                )
+        return out
 
     def _where(self, view_id: int, what: str, shard: int, offset: int) -> str:
         name = self.manifest.shards[shard].path if 0 <= shard < len(self.manifest.shards) else "?"
         return f"view {view_id} {what} (shard {shard} {name!r} at byte {offset})"
 
-    def _read_blob(self, shard: int, offset: int, length: int, where: str) -> bytes:
-        """Read ``length`` committed bytes at ``offset`` of a shard."""
+    def _read_blob(self, shard: int, offset: int, length: int, where: str, crc: int = -1) -> bytes:
+        """Read ``length`` committed bytes at ``offset`` of a shard, checking their CRC-32."""
         shards = self.manifest.shards
         if not 0 <= shard < len(shards) or offset < 0 or offset + length > shards[shard].size:
             raise CorruptImageError(
@@ -524,15 +631,27 @@ class CityDB:
                 f"{shards[shard].size if 0 <= shard < len(shards) else 'n/a'}); the view table "
                 "or manifest is damaged, rebuild the database."
             )
-        fd = self._fds.get(shard)
-        if fd is None:
-            fd = os.open(self._shard_paths[shard], os.O_RDONLY)
-            self._fds[shard] = fd
-        data = os.pread(fd, length, offset)
+        try:
+            fd = self._fds.get(shard)
+            if fd is None:
+                fd = os.open(self._shard_paths[shard], os.O_RDONLY)
+                self._fds[shard] = fd
+            data = os.pread(fd, length, offset)
+        except OSError as exc:  # the shard went away (or unreadable) after opening
+            raise CorruptImageError(
+                f"{where}: expected a readable shard file, got {exc}; restore it."
+            ) from exc
         if len(data) != length:
             raise CorruptImageError(
                 f"{where}: expected {length} bytes, got {len(data)} (the shard file is "
                 "truncated); restore it or rebuild the database."
+            )
+        if crc >= 0 and fmt.blob_crc32(data) != crc:
+            raise CorruptImageError(
+                f"{where}: expected {length} bytes with the CRC-32 {crc:08x} recorded at commit, "
+                f"got {fmt.blob_crc32(data):08x}: the shard bytes were damaged or the view "
+                "table's locator points at other bytes; restore the shard or re-ingest the "
+                "panorama (`python -m cityenv.citydb verify DB --full` lists every such view)."
             )
         return data
 
@@ -564,27 +683,53 @@ def _load_index(root: Path, manifest: fmt.Manifest) -> _Index:
         columns = fmt.VIEW_INDEX_COLUMNS
         if not part.views_at_panorama:
             columns += fmt.VIEW_POSITION_COLUMNS
-        views = _read_part(root, part.views, columns, part.num_views)
+        views = _read_part(root, part.views, columns, part.num_views, manifest)
         _fill_views(index, views, part)
         if not part.views_at_panorama:
             index.own_positions[number] = np.stack(
                 [_column(views, c, np.float64) for c in fmt.VIEW_POSITION_COLUMNS]
             )
-        panos = _read_part(root, part.panoramas, fmt.PANORAMA_INDEX_COLUMNS, part.num_panoramas)
+        panos = _read_part(
+            root, part.panoramas, fmt.PANORAMA_INDEX_COLUMNS, part.num_panoramas, manifest
+        )
         _fill_panoramas(index, panos, part, lookup)
     _check_index(index, manifest, root)
     return index
 
 
-def _read_part(root: Path, rel: str, columns: tuple[str, ...], rows: int) -> pa.Table:
-    """Read some columns of a part file, checking its row count against the manifest."""
+def _check_shards(root: Path, manifest: fmt.Manifest) -> None:
+    """Raise :class:`CityDBIntegrityError` unless every shard holds its committed bytes."""
+    for shard in manifest.shards:
+        path = fmt.resolve_inside(root, shard.path, "manifest shard")
+        size = path.stat().st_size if path.is_file() else None
+        if size is None or size < shard.size:
+            got = "no file (it was deleted)" if size is None else f"{size} bytes (truncated)"
+            raise CityDBIntegrityError(
+                f"shard {shard.path} of {root} must hold the {shard.size} bytes committed to it, "
+                f"got {got}; restore it from a backup (the views stored in it cannot be loaded "
+                f"without it). `python -m cityenv.citydb verify {root}` lists all damage."
+            )
+
+
+def _read_part(
+    root: Path, rel: str, columns: tuple[str, ...], rows: int, manifest: fmt.Manifest
+) -> pa.Table:
+    """Read some columns of a part file, checking its row count and settings against the manifest.
+
+    The pages read are checked against their CRC-32 (parts written before page checksums are
+    read unchecked).
+    """
     path = fmt.resolve_inside(root, rel, "manifest part")
     try:
         table = pq.read_table(
-            path, columns=list(columns), memory_map=True, read_dictionary=["traversal_id"]
+            path,
+            columns=list(columns),
+            memory_map=True,
+            read_dictionary=["traversal_id"],
+            page_checksum_verification=True,
         )
     except (OSError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise CityDBFormatError(
+        raise CityDBIntegrityError(
             f"{path} must be a CityDB Parquet part with columns {list(columns)}, got an error "
             f"reading it ({exc}); restore the file or rebuild the database."
         ) from exc
@@ -593,6 +738,7 @@ def _read_part(root: Path, rel: str, columns: tuple[str, ...], rows: int) -> pa.
             f"{path} must hold {rows} rows as the manifest says, got {table.num_rows}; restore "
             "the file or rebuild the database."
         )
+    manifest.check_part_settings(fmt.part_settings(table.schema), str(path))
     return table
 
 

@@ -13,6 +13,8 @@ is projected into the target frame nearest to it; candidates covering at least
 
 The result holds up to ``k`` references, the nearest reference of each target frame (for
 geometric referencing: forward splatting) and a lookahead-sink reference near the chunk's end.
+A view whose stored depth is damaged scores 0 and is recorded in ``db.damaged`` (warned about once);
+views recorded there (by this or by reference loading) are never returned.
 Frames: ENU world (metres), OpenCV cameras, camera-to-world poses.
 """
 
@@ -26,7 +28,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from cityenv.cache import LRUCache
-from cityenv.citydb.reader import CityDB
+from cityenv.citydb.reader import DAMAGE_ERRORS, CityDB
 from cityenv.citydb.writer import to_utc_micros
 from cityenv.errors import InvalidPoseError, ShapeMismatchError
 from cityenv.geometry.camera import PinholeCamera
@@ -400,6 +402,8 @@ class Retriever:
             scores[sel] = coverage(
                 depths[sel], src_camera, src_poses[sel], dst_camera, dst_poses[sel]
             )
+        if len(self.db.damaged):  # views that could not be read are never references
+            scores[np.isin(candidates.view_ids, self.db.damaged.view_ids)] = 0.0
         return scores
 
     # --- internals ------------------------------------------------------------------------------
@@ -514,9 +518,17 @@ class Retriever:
         return self.cache.get_or_create((view_id, w, h), lambda: self._load_depth(view_id))
 
     def _load_depth(self, view_id: int) -> np.ndarray:
-        """A view's depth ``(h, w)`` float32 from the provider, checked against ``depth_size``."""
+        """A view's depth ``(h, w)`` float32 from the provider, checked against ``depth_size``.
+
+        A damaged view (its bytes or part unreadable) gets no depth (it covers nothing) and is
+        recorded in ``db.damaged``, so one bad view does not abort an episode.
+        """
         w, h = self.depth_size
-        depth = np.asarray(self.depth_provider(view_id, (w, h)), dtype=np.float32)
+        try:
+            depth = np.asarray(self.depth_provider(view_id, (w, h)), dtype=np.float32)
+        except DAMAGE_ERRORS as exc:
+            self.db.damaged.report(view_id, exc)
+            return np.zeros((h, w), np.float32)
         if depth.shape != (h, w):
             raise ShapeMismatchError(
                 f"depth_provider must return shape (h, w) = ({h}, {w}) for view {view_id}, "
@@ -553,13 +565,15 @@ class Retriever:
             chunk.positions[-1:], chunk.forwards[-1:], chunk.matrices[-1:], self.look_distance
         )
         around = self._stage1(end, *exclude)
-        if not len(around):
-            return None
-        first = around.take(np.array([0]))
-        score = self.stage2(first, end.matrices, camera)
         last = np.array([chunk.positions.shape[0] - 1])  # index in the chunk, not in `end`
-        first = Candidates(first.view_ids, first.panorama_index, last, first.distance)
-        return self._reference(first, score, 0)
+        for i in range(len(around)):  # the nearest readable one (almost always the first)
+            first = around.take(np.array([i]))
+            score = self.stage2(first, end.matrices, camera)
+            if int(first.view_ids[0]) in self.db.damaged:
+                continue
+            first = Candidates(first.view_ids, first.panorama_index, last, first.distance)
+            return self._reference(first, score, 0)
+        return None
 
 
 _SLOTS = 4096

@@ -4,13 +4,21 @@ A writer session encodes images and depths into the current blob shard as they c
 view/panorama rows in memory; :meth:`CityDBWriter.commit` fsyncs the shard, writes one new Parquet
 part per table and then atomically replaces ``manifest.json``. Until that replacement nothing of
 the session is visible, so a crash at any point leaves the previous commit readable; the next
-writer truncates the shard tails and removes the part files the manifest does not list.
+writer moves what the manifest does not list (part files, shards, shard tails) to
+``lost+found/<time>/`` and goes on from the committed state.
+
+A writer never deletes data it did not write itself in the same run: a folder holding parts or
+shards but no manifest is refused (:class:`~cityenv.errors.ManifestLostError`; ``python -m
+cityenv.citydb repair`` rebuilds the manifest), and leftovers are moved aside, not removed.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +32,14 @@ import quaternion
 
 from cityenv.citydb import format as fmt
 from cityenv.citydb.format import ViewRecords, to_utc_micros
-from cityenv.errors import CityDBError, CityDBFormatError, ShapeMismatchError, check_name
+from cityenv.errors import (
+    CityDBError,
+    CityDBFormatError,
+    CityDBIntegrityError,
+    ManifestLostError,
+    ShapeMismatchError,
+    check_name,
+)
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.pose import Pose
@@ -39,7 +54,8 @@ __all__ = ["CityDBWriter", "ViewRecords", "to_utc_micros"]
 _PART_RE = re.compile(r"^part-\d{5,}\.parquet(\.tmp)?$")
 _PART_NUMBER = re.compile(r"part-(\d+)\.parquet$")
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.bin$")
-_KNOWN_ENTRIES = {fmt.VIEWS_DIR, fmt.PANORAMAS_DIR, fmt.BLOBS_DIR, fmt.LOCK_NAME}
+_KNOWN_ENTRIES = {fmt.VIEWS_DIR, fmt.PANORAMAS_DIR, fmt.BLOBS_DIR, fmt.LOCK_NAME, fmt.LOST_DIR}
+_LOG = logging.getLogger(__name__)
 
 
 def _as_pose(pose: Pose | np.ndarray) -> Pose:
@@ -86,6 +102,8 @@ class CityDBWriter:
     Raises:
         CityDBError: If another writer holds the database, the folder is not a CityDB and not
             empty, or a new database lacks ``city``/``frame``.
+        ManifestLostError: If the folder holds parts or shards but no manifest (nothing is
+            touched; ``python -m cityenv.citydb repair PATH`` rebuilds the manifest).
         CityDBFormatError: If ``city``, ``frame`` or ``depth_scale_m`` contradict the database.
     """
 
@@ -131,8 +149,21 @@ class CityDBWriter:
 
     # --- setup ----------------------------------------------------------------------------------
     def _prepare_folder(self) -> None:
-        """Create the folder, refusing a non-empty folder that is not a CityDB."""
+        """Create the folder, refusing a non-empty folder that is not a CityDB.
+
+        A folder with parts or shards but no manifest lost its manifest: starting a new database
+        there would hide (and the recovery would move away) every committed view, so it is
+        refused before anything is written.
+        """
         if self.root.exists() and not (self.root / fmt.MANIFEST_NAME).exists():
+            found = fmt.committed_files(self.root)
+            if found:
+                raise ManifestLostError(
+                    f"expected an empty folder or a CityDB at {self.root}, got "
+                    f"{fmt.describe_files(found)} and no {fmt.MANIFEST_NAME}: its manifest was "
+                    "lost. Nothing was changed. Rebuild the manifest from the parts with "
+                    f"`python -m cityenv.citydb repair {self.root}`, then write again."
+                )
             extra = sorted(p.name for p in self.root.iterdir() if p.name not in _KNOWN_ENTRIES)
             if extra:
                 raise CityDBError(
@@ -194,7 +225,13 @@ class CityDBWriter:
         return manifest
 
     def _recover(self) -> None:
-        """Drop what a crashed writer left: shard tails, unlisted shards and part files."""
+        """Move aside what a crashed writer left: unlisted part files and shards, shard tails.
+
+        They were never committed, so readers ignore them; they go to ``lost+found/<time>/``
+        rather than away, because a manifest restored from an older copy would make committed
+        data look uncommitted too.
+        """
+        lost = _LostAndFound(self.root)
         listed = {
             str(Path(p)) for part in self.manifest.parts for p in (part.views, part.panoramas)
         }
@@ -202,12 +239,12 @@ class CityDBWriter:
             for entry in (self.root / sub).iterdir():
                 rel = str(Path(sub) / entry.name)
                 if _PART_RE.match(entry.name) and rel not in listed:
-                    entry.unlink()
+                    lost.move(entry, rel)
         shard_paths = {str(Path(s.path)) for s in self.manifest.shards}
         for entry in (self.root / fmt.BLOBS_DIR).iterdir():
             rel = str(Path(fmt.BLOBS_DIR) / entry.name)
             if _SHARD_RE.match(entry.name) and rel not in shard_paths:
-                entry.unlink()
+                lost.move(entry, rel)
         for shard in self.manifest.shards:
             path = fmt.resolve_inside(self.root, shard.path, "manifest shard")
             if not path.exists() or path.stat().st_size < shard.size:
@@ -217,6 +254,7 @@ class CityDBWriter:
                     "truncated or deleted, restore it."
                 )
             if path.stat().st_size > shard.size:
+                lost.keep_tail(path, shard.size, shard.path)
                 os.truncate(path, shard.size)
 
     # --- public API -----------------------------------------------------------------------------
@@ -458,27 +496,13 @@ class CityDBWriter:
                 merged.append(group[0])
                 continue
             views, panoramas = (
-                pa.concat_tables(
-                    [
-                        pq.read_table(fmt.resolve_inside(self.root, getattr(p, kind), "part"))
-                        for p in group
-                    ]
-                )
+                pa.concat_tables([self._read_part(p, kind) for p in group])
                 for kind in ("views", "panoramas")
             )
-            rel_views, rel_panos = self._write_part_files(views, panoramas, number)
+            first = (group[0].first_view_id, group[0].first_panorama_index)
+            at_panorama = all(p.views_at_panorama for p in group)
+            merged.append(self._write_part_files(views, panoramas, number, first, at_panorama))
             number += 1
-            merged.append(
-                fmt.PartInfo(
-                    rel_views,
-                    rel_panos,
-                    group[0].first_view_id,
-                    views.num_rows,
-                    group[0].first_panorama_index,
-                    panoramas.num_rows,
-                    all(p.views_at_panorama for p in group),
-                )
-            )
         old_parts = self.manifest.parts
         self.manifest.parts = merged
         self.manifest.updated = fmt.utc_now_iso()
@@ -523,6 +547,21 @@ class CityDBWriter:
     def _check_open(self) -> None:
         if self._closed:
             raise CityDBError(f"the writer of {self.root} is closed; open a new CityDBWriter.")
+
+    def _read_part(self, part: fmt.PartInfo, kind: str) -> pa.Table:
+        """A committed part file in the current schema (older parts gain null checksums)."""
+        path = fmt.resolve_inside(self.root, getattr(part, kind), "manifest part")
+        try:  # page checksums: a damaged part is not copied into a merged one
+            table = pq.read_table(path, page_checksum_verification=True).replace_schema_metadata()
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise CityDBIntegrityError(
+                f"{path} must read as the part committed there, got {exc}; nothing was "
+                f"compacted. Restore it (`python -m cityenv.citydb verify {self.root}` lists "
+                "the damage)."
+            ) from exc
+        if kind == "views":
+            return fmt.with_checksum_columns(table).select(fmt.VIEW_SCHEMA.names)
+        return table
 
     def _committed_ids(self) -> dict[str, int]:
         """Committed panorama id -> index, read from the panorama parts on first use."""
@@ -605,6 +644,9 @@ class CityDBWriter:
             "depth_shard": depth_loc[0],
             "depth_offset": depth_loc[1],
             "depth_length": depth_loc[2],
+            # CRC-32 of the stored bytes: loads and `verify --full` check it
+            "image_crc32": fmt.blob_crc32(record["image"]) if record["image"] else None,
+            "depth_crc32": fmt.blob_crc32(record["depth"]) if record["depth"] else None,
         }
         for name, value in row.items():
             self._pending.views[name].append(value)
@@ -708,28 +750,45 @@ class CityDBWriter:
         return max(numbers, default=-1) + 1
 
     def _write_part_files(
-        self, views: pa.Table, panoramas: pa.Table, number: int
-    ) -> tuple[str, str]:
-        """Write a part's two files durably; their paths relative to the folder."""
-        rel_views = f"{fmt.VIEWS_DIR}/part-{number:05d}.parquet"
-        rel_panos = f"{fmt.PANORAMAS_DIR}/part-{number:05d}.parquet"
-        _write_parquet(views, self.root / rel_views)
-        _write_parquet(panoramas, self.root / rel_panos)
+        self,
+        views: pa.Table,
+        panoramas: pa.Table,
+        number: int,
+        first: tuple[int, int],
+        at_panorama: bool,
+    ) -> fmt.PartInfo:
+        """Write a part's two files durably; their entry for the manifest (with SHA-256s).
+
+        Each file records the database settings of this commit in its key-value metadata
+        (cameras as registered so far), which ``repair`` reads back if the manifest is lost.
+        """
+        settings = self.manifest.settings()
+        settings["cameras"] = [list(key) for key in sorted(self._cameras, key=self._cameras.get)]
+        metadata = {fmt.PART_METADATA_KEY: json.dumps(settings).encode("utf-8")}
+        rel = [f"{sub}/part-{number:05d}.parquet" for sub in (fmt.VIEWS_DIR, fmt.PANORAMAS_DIR)]
+        hashes = [
+            _write_parquet(table.replace_schema_metadata(metadata), self.root / path)
+            for table, path in zip((views, panoramas), rel, strict=True)
+        ]
         fmt.fsync_dir(self.root / fmt.VIEWS_DIR)
         fmt.fsync_dir(self.root / fmt.PANORAMAS_DIR)
-        return rel_views, rel_panos
+        return fmt.PartInfo(
+            views=rel[0],
+            panoramas=rel[1],
+            first_view_id=first[0],
+            num_views=views.num_rows,
+            first_panorama_index=first[1],
+            num_panoramas=panoramas.num_rows,
+            views_at_panorama=at_panorama,
+            views_sha256=hashes[0],
+            panoramas_sha256=hashes[1],
+        )
 
     def _write_part(self, views: pa.Table, panoramas: pa.Table, at_panorama: bool) -> None:
         """Write a part's two files (temp + rename) and commit them in the manifest."""
-        rel_views, rel_panos = self._write_part_files(views, panoramas, self._next_part_number())
-        part = fmt.PartInfo(
-            views=rel_views,
-            panoramas=rel_panos,
-            first_view_id=self.manifest.num_views,
-            num_views=views.num_rows,
-            first_panorama_index=self.manifest.num_panoramas,
-            num_panoramas=panoramas.num_rows,
-            views_at_panorama=at_panorama,
+        first = (self.manifest.num_views, self.manifest.num_panoramas)
+        part = self._write_part_files(
+            views, panoramas, self._next_part_number(), first, at_panorama
         )
         manifest = self.manifest
         old = (list(manifest.parts), list(manifest.shards), list(manifest.cameras))
@@ -798,6 +857,8 @@ def _table(columns: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
 
 def _conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
     """Select and cast ``table``'s columns to ``schema`` or raise :class:`CityDBFormatError`."""
+    if schema is fmt.VIEW_SCHEMA:  # checksums are optional (index-only rows have no blobs)
+        table = fmt.with_checksum_columns(table)
     missing = [f.name for f in schema if f.name not in table.column_names]
     if missing:
         raise CityDBFormatError(
@@ -813,12 +874,49 @@ def _conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
         ) from exc
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file durably: temp name, fsync, then rename over ``path``."""
+def _write_parquet(table: pa.Table, path: Path) -> str:
+    """Write a Parquet file durably (temp name, fsync, rename over ``path``); its SHA-256."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         # one chunk: full row groups of ROW_GROUP_SIZE rows (chunk edges would split them)
         pq.write_table(table.combine_chunks(), f, **fmt.parquet_write_options(table.schema))
         f.flush()
         os.fsync(f.fileno())
+    digest = fmt.file_sha256(tmp)  # read back from the page cache: the bytes as committed
     os.replace(tmp, path)
+    return digest
+
+
+class _LostAndFound:
+    """``lost+found/<UTC time>/`` of one writer session, created on first use."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._dir: Path | None = None
+
+    def _target(self, rel: str) -> Path:
+        if self._dir is None:
+            stamp = fmt.utc_now_iso().replace(":", "")
+            self._dir = self.root / fmt.LOST_DIR / stamp
+            _LOG.warning(
+                "%s: moving the uncommitted leftovers of an interrupted writer to %s (readers "
+                "never saw them; delete the folder when you do not need it).",
+                self.root,
+                self._dir,
+            )
+        target = self._dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def move(self, path: Path, rel: str) -> None:
+        """Move a whole file (a part or shard no manifest lists)."""
+        os.replace(path, self._target(rel))
+
+    def keep_tail(self, path: Path, start: int, rel: str) -> None:
+        """Copy a shard's bytes from ``start`` on (before the writer truncates it there)."""
+        target = self._target(f"{rel}.tail-from-{start}")
+        with open(path, "rb") as src, open(target, "wb") as dst:
+            src.seek(start)
+            shutil.copyfileobj(src, dst, 1 << 22)
+            dst.flush()
+            os.fsync(dst.fileno())

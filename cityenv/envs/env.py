@@ -276,6 +276,8 @@ class CityWorldEnv(gym.Env):
         }
         if self.goal_node is not None:
             info["distance_to_goal"] = self.task.distance
+        if len(self.db.damaged):  # damaged views skipped so far (only once there is one)
+            info["skipped_views"] = len(self.db.damaged)
         if self.full_info:
             info.update(pose=start, retrieval=result)
         return self._observation(), info
@@ -435,6 +437,8 @@ class CityWorldEnv(gym.Env):
         }
         if self.goal_node is None:
             info.pop("distance_to_goal", None)  # NaN would compare unequal to itself
+        if len(self.db.damaged):  # damaged views skipped so far (only once there is one)
+            info["skipped_views"] = len(self.db.damaged)
         if self.full_info:
             info.update(
                 pose=self.pose,

@@ -27,7 +27,11 @@ import cv2
 import numpy as np
 
 from cityenv.cache import LRUCache
-from cityenv.errors import ShapeMismatchError
+from cityenv.errors import (
+    CityDBFormatError,
+    CorruptImageError,
+    ShapeMismatchError,
+)
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose
 from cityenv.geometry.splat import forward_splat
@@ -82,6 +86,10 @@ class ReferenceView:
 class ReferenceLoader:
     """Loads retrieved views from a CityDB, keeping the most recently used ones in memory.
 
+    A view that cannot be read (damaged bytes or part) is left out of :meth:`load`'s result and
+    recorded in ``db.damaged`` (which warns once per view id), so one bad view does not abort an
+    episode.
+
     Args:
         db: The opened database (anything with ``load_view(view_id)`` as :class:`CityDB` has).
         capacity: Number of decoded views kept (a 256x256 view with depth is about 450 KiB).
@@ -116,10 +124,43 @@ class ReferenceLoader:
         )
 
     def load(self, result: RetrievalResult) -> ChunkReferences:
-        """Load every reference and the sink of a retrieval result."""
-        views = [self.view(r.view_id) for r in result.references]
-        sink = self.view(result.sink.view_id) if result.sink is not None else None
-        return ChunkReferences(views, np.asarray(result.per_frame, np.int64).copy(), sink)
+        """Load every reference and the sink of a retrieval result, skipping damaged views.
+
+        Frames whose nearest reference was skipped take the loaded reference nearest to it
+        (-1 when none is left).
+        """
+        loaded = [self._readable(r.view_id) for r in result.references]
+        sink = self._readable(result.sink.view_id) if result.sink is not None else None
+        per_frame = np.asarray(result.per_frame, np.int64).copy()
+        kept = [i for i, v in enumerate(loaded) if v is not None]
+        if len(kept) < len(loaded):
+            per_frame = _remap_per_frame(per_frame, result, kept)
+        return ChunkReferences([loaded[i] for i in kept], per_frame, sink)
+
+    def _readable(self, view_id: int) -> ReferenceView | None:
+        """The view, or ``None`` (recorded as damaged) if its stored data cannot be read."""
+        damaged = getattr(self.db, "damaged", None)
+        if damaged is not None and view_id in damaged:
+            return None
+        try:
+            return self.view(view_id)
+        except (CorruptImageError, CityDBFormatError) as exc:
+            if damaged is None:  # a duck-typed database without a damage log: nowhere to count
+                raise
+            damaged.report(view_id, exc)
+            return None
+
+
+def _remap_per_frame(per_frame: np.ndarray, result: RetrievalResult, kept: list[int]) -> np.ndarray:
+    """``per_frame`` (indices into ``result.references``) as indices into the kept references."""
+    if not kept:
+        return np.full_like(per_frame, -1)
+    positions = np.stack([r.pose.position for r in result.references])
+    # each reference -> the nearest kept one (itself when kept)
+    d2 = ((positions[:, None] - positions[kept][None]) ** 2).sum(-1)
+    nearest_kept = d2.argmin(1)
+    nearest_kept[kept] = np.arange(len(kept))
+    return np.where(per_frame >= 0, nearest_kept[np.maximum(per_frame, 0)], -1)
 
 
 # --- preparation --------------------------------------------------------------------------------
