@@ -93,7 +93,8 @@ def _task(
         return VAETask(
             model,
             kl_weight=o.kl_weight,
-            calibration=_calibration_clips(data),
+            calibration=_calibration_clips(data) if o.vae_parts == "all" else None,
+            decoder_only=o.vae_parts == "decoder",
             crop=o.vae_crop,
             frames=o.vae_frames,
         )

@@ -128,6 +128,10 @@ class ObjectiveConfig:
     """Stage vae: train on a random square crop of this many pixels (a multiple of the VAE's
     spatial ratio) of every clip instead of whole frames; the VAE is convolutional, so crops
     train it for any frame size at a fraction of the cost (null = whole frames)."""
+    vae_parts: str = "all"
+    """Stage vae: ``all`` trains encoder and decoder; ``decoder`` trains the decoder alone on the
+    frozen encoder's latents (and keeps their latents_mean/std), so a transformer trained on
+    those latents stays valid: the way to improve a shipped model's decoder later."""
     vae_frames: int | None = None
     """Stage vae: train on a random run of this many frames (``1 + 4n``) of every clip (null =
     the whole clip: the last history frame + the chunk)."""
@@ -210,6 +214,10 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("cityenv_run_id", run_id)
 
 
+VAE_PARTS = ("all", "decoder")
+"""What stage vae trains (``objective.vae_parts``)."""
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Check what types cannot: names, ranges, required combinations.
 
@@ -220,6 +228,7 @@ def check_config(cfg: TrainConfig) -> None:
     check_name("stage", cfg.stage, STAGES)
     check_name("parallel.strategy", cfg.parallel.strategy, ("ddp", "fsdp"))
     check_name("optim.schedule", cfg.optim.schedule, ("cosine", "linear", "constant_with_warmup"))
+    check_name("objective.vae_parts", cfg.objective.vae_parts, VAE_PARTS)
     o = cfg.optim
     bad = {
         "optim.steps": o.steps >= 1,

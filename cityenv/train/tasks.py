@@ -233,6 +233,14 @@ class VAETask:
     Args:
         model: The world model whose VAE (``model.vae.vae``, an ``AutoencoderKLWan``) is trained.
         kl_weight: Weight of the KL divergence to the unit Gaussian.
+        calibration: Clips ``(1 + 4n, H, W, 3)`` uint8 on which the export measures the latents'
+            mean and std (:func:`calibrate_latents`); ``None`` keeps the config's.
+        crop: Train on a random square crop of this many pixels of each clip (``None``: whole).
+        frames: Train on a random run of this many frames of each clip (``None``: whole).
+        decoder_only: Freeze the encoder (and its latents): train the decoder alone.
+
+    Raises:
+        ConfigError: If ``crop`` is not a multiple of the VAE's spatial ratio.
     """
 
     def __init__(
@@ -242,6 +250,7 @@ class VAETask:
         calibration: Callable[[], Iterable[np.ndarray]] | None = None,
         crop: int | None = None,
         frames: int | None = None,
+        decoder_only: bool = False,
     ) -> None:
         self.model, self.kl_weight = model, float(kl_weight)
         self.calibration, self.crop, self.frames = calibration, crop, frames
@@ -251,8 +260,11 @@ class VAETask:
                 f"objective.vae_crop must be a multiple of the VAE's spatial ratio {ratio}, got "
                 f"{crop}; use {max(ratio, crop // ratio * ratio)}"
             )
-        model.vae.vae.requires_grad_(True).train()
-        self.module = _VAEForward(model.vae.vae)
+        vae = model.vae.vae.requires_grad_(True).train()
+        if decoder_only:  # the latents (and their calibration) stay those of the frozen encoder
+            vae.encoder.requires_grad_(False)
+            vae.quant_conv.requires_grad_(False)
+        self.module = _VAEForward(vae)
 
     def blocks(self) -> list[nn.Module]:
         return [self.module.vae.encoder, self.module.vae.decoder]

@@ -251,6 +251,25 @@ def test_vae_stage_on_crops_and_frame_runs(town_data, tmp_path):
         run(cfg)
 
 
+def test_vae_stage_decoder_only_keeps_the_encoder_and_its_latents(town_data, tmp_path):
+    cfg = _config(town_data, tmp_path / "dec", steps=2, stage="vae")
+    cfg.optim.ema_decay = None
+    cfg.objective.vae_parts = "decoder"
+    run(cfg)
+    initial = DiffusionWorldModel.from_preset("tiny", device="cpu", **TINY_SAMPLING)
+    trained = DiffusionWorldModel.from_pretrained(
+        tmp_path / "dec/checkpoints/step-00000002/world_model", device="cpu"
+    )
+    a, b = initial.vae.vae.state_dict(), trained.vae.vae.state_dict()
+    frozen = [k for k in a if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(a[k], b[k]) for k in frozen)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    assert trained.vae.vae.config.latents_mean == initial.vae.vae.config.latents_mean
+    cfg.objective.vae_parts = "encoder"
+    with pytest.raises(UnknownNameError, match="Did you mean 'decoder'"):
+        run(cfg)
+
+
 def _cli(out: Path, data: Path, *extra: str) -> list[str]:
     return [
         "-m", "cityenv.train", f"data.root={data}", "model=tiny", f"out={out}",
