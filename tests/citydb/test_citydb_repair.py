@@ -109,7 +109,8 @@ def test_ingest_into_a_folder_that_lost_its_manifest_deletes_nothing(tmp_path, d
     csv = tmp_path / "panoramas.csv"
     panorama = np.full((32, 64, 3), 90, np.uint8)
     cv2.imwrite(str(tmp_path / "pano.png"), panorama)
-    csv.write_text(
+    np.save(tmp_path / "pano_depth.npy", np.full((32, 64), 10.0, np.float32))
+    csv.write_text(  # a valid row: the refusal comes from the folder, not from the input
         "image,lat,lon,height,heading,capture_time,traversal\n"
         "pano.png,37.5665,126.978,30,0,2024-05-01T10:00:00Z,drive-9\n"
     )
