@@ -86,14 +86,14 @@ def build_data(cfg: TrainConfig, model: DiffusionWorldModel) -> TrainPairs | Cac
 
 
 def _task(
-    cfg: TrainConfig, model: DiffusionWorldModel, data: TrainPairs | CachedPairs
+    cfg: TrainConfig, model: DiffusionWorldModel, data: TrainPairs | CachedPairs | None = None
 ) -> TransformerTask | VAETask:
     o = cfg.objective
     if cfg.stage == "vae":
         return VAETask(
             model,
             kl_weight=o.kl_weight,
-            calibration=_calibration_clips(data) if o.vae_parts == "all" else None,
+            calibration=_calibration_clips(data) if o.vae_parts == "all" and data else None,
             decoder_only=o.vae_parts == "decoder",
             crop=o.vae_crop,
             frames=o.vae_frames,
