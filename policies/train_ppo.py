@@ -114,7 +114,7 @@ class TrainPPOConfig:
     chunk_length: int = 4
     max_episode_steps: int = 100
     min_goal_m: float = 30.0
-    max_goal_m: float = 120.0
+    max_goal_m: float = 100.0
     num_envs: int = 4
     vec: str = "async"
     n_steps: int = 128
@@ -122,7 +122,7 @@ class TrainPPOConfig:
     n_epochs: int = 4
     learning_rate: float = 3e-4
     gamma: float = 0.98
-    ent_coef: float = 0.01
+    ent_coef: float = 0.02
     cnn_dim: int = 64
     reward_scale: float = 0.1
     eval_episodes: int = 50
@@ -239,8 +239,13 @@ class LearningCurve(BaseCallback):
         self.bar.close()
 
 
-def train(config: TrainPPOConfig) -> dict[str, Any]:
+def train(config: TrainPPOConfig, *, evaluate_after: bool = True) -> dict[str, Any]:
     """Train PPO, save it, evaluate it and both baselines on held-out goals.
+
+    Args:
+        config: What to run.
+        evaluate_after: Evaluate on held-out goals (``False``: the caller evaluates; the
+            transfer report does, in two environments).
 
     Returns:
         What is written to ``<out>/results.json``.
@@ -288,7 +293,7 @@ def train(config: TrainPPOConfig) -> dict[str, Any]:
     model_path = config.out / "ppo_agent.zip"
     model.save(model_path)
     plot_learning_curve(config.out / "learning_curve.csv", config.out / "learning_curve.png")
-    evaluation = evaluate_agent(config, model_path)
+    evaluation = evaluate_agent(config, model_path) if evaluate_after else {}
     results = {
         "config": _jsonable(dataclasses.asdict(config)),
         "model": str(model_path),
@@ -302,7 +307,11 @@ def train(config: TrainPPOConfig) -> dict[str, Any]:
 
 
 def evaluate_agent(
-    config: TrainPPOConfig, model_path: Path, env_id: str | None = None
+    config: TrainPPOConfig,
+    model_path: Path,
+    env_id: str | None = None,
+    *,
+    with_baselines: bool = True,
 ) -> dict[str, Any]:
     """PPO, the random explorer and the route follower on the same held-out-goal episodes.
 
@@ -310,6 +319,7 @@ def evaluate_agent(
         config: The run's config (``eval_episodes``, sizes, goals).
         model_path: The saved agent.
         env_id: Where to evaluate; ``None`` = ``config.eval_env_id or config.env_id``.
+        with_baselines: Also evaluate the random explorer and the route follower.
 
     Returns:
         ``{"eval_env_id", "eval_seconds", "ppo", "random", "route_follower"}``, each policy's
@@ -326,7 +336,7 @@ def evaluate_agent(
         model = load_agent(model_path, env)
         seed = config.seed + 10_000  # episodes (starts, goals) training never reset to
         ppo = evaluate(env, sb3_policy(model), config.eval_episodes, seed)
-        others = baselines(env, config.eval_episodes, seed)
+        others = baselines(env, config.eval_episodes, seed) if with_baselines else {}
     finally:
         env.close()
     seconds = round(time.perf_counter() - start, 1)

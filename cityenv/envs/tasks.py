@@ -107,7 +107,7 @@ class NavigationTask:
         success_radius_m: float = 5.0,
         success_bonus: float = 10.0,
         off_road_m: float = 8.0,
-        off_road_penalty: float = 1.0,
+        off_road_penalty: float = 0.2,
         min_goal_m: float = 50.0,
         max_goal_m: float = 300.0,
         progress_reward: float = 1.0,
