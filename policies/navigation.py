@@ -89,6 +89,7 @@ def make_agent_env(
     *,
     max_episode_steps: int,
     reward_scale: float = 1.0,
+    keys: Sequence[str] = AGENT_KEYS,
     **kwargs: Any,
 ) -> gym.Env:
     """One environment as the agent sees it: :class:`AgentObservation`, finite scaled rewards.
@@ -97,17 +98,20 @@ def make_agent_env(
         env_id: Gymnasium id (``CityWorld-Town-v0``, ``CityWorld-TownTrue-v0``, ...).
         max_episode_steps: Steps before an episode is truncated.
         reward_scale: Factor on the rewards PPO sees (1 for evaluations).
+        keys: Observation keys the agent sees.
         **kwargs: Keyword arguments of the environment.
     """
     import cityenv  # noqa: F401  (registers the CityWorld ids)
 
     env = gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
-    return agent_wrappers(env, reward_scale)
+    return agent_wrappers(env, reward_scale, keys)
 
 
-def agent_wrappers(env: gym.Env, reward_scale: float = 1.0) -> gym.Env:
+def agent_wrappers(
+    env: gym.Env, reward_scale: float = 1.0, keys: Sequence[str] = AGENT_KEYS
+) -> gym.Env:
     """The wrappers of :func:`make_agent_env` around an already made environment."""
-    env = AgentObservation(env)
+    env = AgentObservation(env, keys)
     return gym.wrappers.TransformReward(env, lambda r: reward_scale * finite_reward(r))
 
 

@@ -56,6 +56,7 @@ from cityenv.envs.town import TownSpec
 from cityenv.errors import ConfigError, unknown_name
 from policies.agent_file import load_agent
 from policies.navigation import (
+    AGENT_KEYS,
     agent_wrappers,
     baselines,
     evaluate,
@@ -95,6 +96,8 @@ class TrainPPOConfig:
         gamma: Discount factor.
         ent_coef: Entropy bonus.
         cnn_dim: Features of the frame's CNN.
+        agent_keys: Observation keys the agent sees (drop ``route_direction`` to make it
+            find the streets in its frames: the transfer report then measures the frames).
         reward_scale: Factor on the rewards PPO sees (the evaluation reports raw returns).
         eval_episodes: Episodes per policy on held-out goals.
         time_limit_min: Stop training after this many minutes of wall time, whatever ``steps``
@@ -124,6 +127,7 @@ class TrainPPOConfig:
     gamma: float = 0.98
     ent_coef: float = 0.02
     cnn_dim: int = 64
+    agent_keys: list[str] = field(default_factory=lambda: list(AGENT_KEYS))
     reward_scale: float = 0.1
     eval_episodes: int = 50
     time_limit_min: float | None = None
@@ -165,6 +169,10 @@ def _check(config: TrainPPOConfig) -> None:
         )
     if config.vec not in ("async", "sync"):
         raise unknown_name("vec", config.vec, ["async", "sync"], error=ConfigError)
+    known = [*AGENT_KEYS, "pose", "geo", "goal"]
+    for key in config.agent_keys:
+        if key not in known:
+            raise unknown_name("agent_keys entry", key, known, error=ConfigError)
     if config.num_envs < 1:
         raise ConfigError(f"train_ppo num_envs must be >= 1, got {config.num_envs}.")
 
@@ -256,7 +264,7 @@ def train(config: TrainPPOConfig, *, evaluate_after: bool = True) -> dict[str, A
         torch.set_num_threads(config.torch_threads)
     config.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    wrap = partial(agent_wrappers, reward_scale=config.reward_scale)
+    wrap = partial(agent_wrappers, reward_scale=config.reward_scale, keys=config.agent_keys)
     venv = make_vec(
         config.env_id,
         config.num_envs,
@@ -329,6 +337,7 @@ def evaluate_agent(
     env = make_agent_env(
         env_id,
         max_episode_steps=config.max_episode_steps,
+        keys=config.agent_keys,
         **env_kwargs(dataclasses.replace(config, env_id=env_id), "heldout"),
     )
     start = time.perf_counter()

@@ -27,6 +27,8 @@ def test_config_defaults_and_checks() -> None:
         load_config({"size": 32})
     with pytest.raises(ConfigError, match="vec"):
         load_config({"vec": "threads"})
+    with pytest.raises(ConfigError, match="Did you mean 'route_direction'"):
+        load_config({"agent_keys": ["frames", "route_dir"]})
 
 
 def test_hydra_run_trains_saves_logs_and_evaluates(town_cache: Path, tmp_path: Path) -> None:
