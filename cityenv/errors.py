@@ -131,6 +131,16 @@ class CityDataNotFoundError(CityEnvError, FileNotFoundError):
     """No street-view database was given or found for a city; says how to build one."""
 
 
+class VectorEnvMismatchError(CityEnvError, ValueError):
+    """The environments of a vector environment were given keyword arguments that make their
+    observation or action spaces differ (one frame size here, another there)."""
+
+
+class AgentSpaceMismatchError(CityEnvError, ValueError):
+    """A saved agent was trained on another observation or action space than the environment
+    it is loaded for (other keys, frame size or action count)."""
+
+
 # --- evaluation -----------------------------------------------------------------------------
 class EvaluationError(CityEnvError, ValueError):
     """An evaluation or validation pass cannot run as asked: no held-out clip long enough for the

@@ -5,7 +5,11 @@
 - :mod:`policies.scenario`: the route follower as the scenario driver (the ``route_follower``
   agent of :data:`cityenv.agents.AGENTS`); re-exports the scenario format of
   :mod:`cityenv.scenario` and :func:`run_scenario`.
-- ``python -m policies.train_ppo``: Stable-Baselines3 PPO in ``CityWorld-Town-v0``.
+- ``python -m policies.train_ppo``: Stable-Baselines3 PPO in ``CityWorld-Town-v0`` (Hydra,
+  vector envs, held-out goals; :mod:`policies.navigation`, :mod:`policies.vec`,
+  :mod:`policies.agent_file`).
+- ``python -m policies.transfer``: train in the world model, test in the true renders
+  (docs/agents.md).
 - :mod:`policies.control`: the route follower's control law as pure functions.
 """
 

@@ -2,11 +2,16 @@
 
 Nodes are panoramas (their camera centres, ENU metres). Edges join (1) consecutive panoramas of
 one traversal, ordered by capture time then panorama index, when they lie at most ``max_step_m``
-apart, and (2) every pair of panoramas within ``link_radius_m`` of each other (so separate
-captures of the same street, and the streets of a junction, are connected). Edge weights are
-metres. Nearest-node and distance-to-graph queries use horizontal (x, y) distances, so a camera
-at another height than the references (a pedestrian's 1.6 m against a 2.5 m capture rig) still
-snaps to the street below it.
+apart, (2) every pair of panoramas within ``link_radius_m`` of each other (so separate
+captures of the same street are connected), and (3) every street end (a node with at most one
+neighbour after (1) and (2)) to every panorama within ``junction_radius_m`` that (1) and (2) only
+reach by a detour (more than twice the straight distance): captures stop a few
+metres short of a junction on each arm, and the arms' last panoramas lie farther apart than the
+capture spacing (15-19 m in the built-in town at 10 m spacing), so without (3) each street would
+be an island. Street ends only, so parallel streets are never joined through a block. Edge
+weights are metres. Nearest-node and distance-to-graph queries use horizontal (x, y) distances,
+so a camera at another height than the references (a pedestrian's 1.6 m against a 2.5 m
+capture rig) still snaps to the street below it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,11 @@ from cityenv.errors import ShapeMismatchError
 __all__ = ["RoadGraph"]
 
 _DISTANCE_CACHE = 8  # single-source distance arrays kept (one per recent goal)
+
+JUNCTION_RADIUS_M = 25.0
+"""Default reach of a street end across a junction, metres (2.5 x the town's capture spacing)."""
+
+_DETOUR = 2.0  # a junction edge is added where the graph's way round is longer than this factor
 
 
 class RoadGraph:
@@ -57,12 +67,18 @@ class RoadGraph:
         self._matrix = _adjacency(self.edges, self.lengths, len(p))
         self._kdtree = cKDTree(p[:, :2])
         self._distances = LRUCache[int, np.ndarray](_DISTANCE_CACHE)
+        self._hops = LRUCache[int, np.ndarray](_DISTANCE_CACHE)
         self._components: np.ndarray | None = None
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
     def from_citydb(
-        cls, db: CityDB, *, link_radius_m: float = 15.0, max_step_m: float = 20.0
+        cls,
+        db: CityDB,
+        *,
+        link_radius_m: float = 15.0,
+        max_step_m: float = 20.0,
+        junction_radius_m: float = JUNCTION_RADIUS_M,
     ) -> RoadGraph:
         """The road graph of a database's panoramas.
 
@@ -70,6 +86,8 @@ class RoadGraph:
             db: The opened database.
             link_radius_m: Join every pair of panoramas at most this far apart, metres.
             max_step_m: Join consecutive panoramas of a traversal at most this far apart, metres.
+            junction_radius_m: Join each street end to every panorama this close, metres (0:
+                no junction edges).
 
         Returns:
             The graph; node ``i`` is panorama index ``i``.
@@ -80,6 +98,7 @@ class RoadGraph:
             db.panorama_times,
             link_radius_m=link_radius_m,
             max_step_m=max_step_m,
+            junction_radius_m=junction_radius_m,
         )
 
     @classmethod
@@ -91,6 +110,7 @@ class RoadGraph:
         *,
         link_radius_m: float = 15.0,
         max_step_m: float = 20.0,
+        junction_radius_m: float = JUNCTION_RADIUS_M,
     ) -> RoadGraph:
         """The road graph of panoramas given as arrays.
 
@@ -100,6 +120,7 @@ class RoadGraph:
             times: Capture time of each panorama, shape ``(N,)`` (None: index order).
             link_radius_m: Join every pair at most this far apart, metres.
             max_step_m: Join consecutive panoramas of a traversal at most this far apart.
+            junction_radius_m: Join each street end to every panorama this close (0: none).
         """
         p = np.asarray(positions, dtype=np.float64)
         n = p.shape[0] if p.ndim == 2 else 0
@@ -107,7 +128,10 @@ class RoadGraph:
         times = np.zeros(n, np.int64) if times is None else np.asarray(times)
         sequence = _traversal_edges(p, traversal, times, max_step_m) if n else np.empty((0, 2))
         near = cKDTree(p).query_pairs(link_radius_m, output_type="ndarray") if n else sequence
-        return cls(p, np.concatenate([sequence, near]).astype(np.int64))
+        edges = np.concatenate([sequence, near]).astype(np.int64)
+        if n and junction_radius_m > 0:
+            edges = np.concatenate([edges, _junction_edges(p, edges, junction_radius_m)])
+        return cls(p, edges)
 
     # --- sizes ----------------------------------------------------------------------------------
     @property
@@ -205,6 +229,53 @@ class RoadGraph:
         distances.flags.writeable = False  # shared by every caller through the cache
         return distances
 
+    def next_hops(self, goal_node: int) -> np.ndarray:
+        """The next node on a shortest way to ``goal_node`` from every node, ``(N,)`` int.
+
+        ``-9999`` for the goal itself and for nodes that cannot reach it (scipy's convention).
+        Cached like :meth:`distances_from`.
+        """
+        goal_node = self._check_node(goal_node)
+
+        def hops() -> np.ndarray:
+            # Undirected: the predecessor of i on the way out from the goal is i's next hop in.
+            _, pred = dijkstra(
+                self._matrix, directed=False, indices=goal_node, return_predecessors=True
+            )
+            pred.flags.writeable = False
+            return pred
+
+        return self._hops.get_or_create(goal_node, hops)
+
+    def route_point(
+        self, position: ArrayLike, goal_node: int, lookahead_m: float = 10.0
+    ) -> np.ndarray:
+        """The point about ``lookahead_m`` ahead of ``position`` on a shortest way to the goal.
+
+        ``position`` is projected onto its nearest edge; the way continues through the end of
+        that edge nearer the goal, then node by node (:meth:`next_hops`) until the nodes passed
+        lie ``lookahead_m`` along from ``position`` (or the goal is reached).
+
+        Args:
+            position: ENU ``(2,)`` or ``(3,)`` metres.
+            goal_node: The goal.
+            lookahead_m: How far ahead, metres.
+
+        Returns:
+            ENU position ``(3,)`` of a node (the goal's when it is nearer than ``lookahead_m``;
+            the nearest edge's end when the goal cannot be reached).
+        """
+        along, hops = self.distances_from(goal_node), self.next_hops(goal_node)
+        _, a, b, t = self.nearest_edge(position)
+        length = float(np.linalg.norm(self.positions[b] - self.positions[a]))
+        node = a if along[a] + t * length <= along[b] + (1.0 - t) * length else b
+        travelled = float(np.linalg.norm(self.positions[node, :2] - _xy(position)))
+        while travelled < lookahead_m and hops[node] >= 0:
+            nxt = int(hops[node])
+            travelled += float(np.linalg.norm(self.positions[nxt] - self.positions[node]))
+            node = nxt
+        return self.positions[node]
+
     def shortest_path(self, a: int, b: int) -> list[int]:
         """Nodes of a shortest path from ``a`` to ``b``, both included.
 
@@ -255,7 +326,11 @@ class RoadGraph:
         return self._components
 
     def sample_start_goal(
-        self, rng: np.random.Generator, min_dist_m: float = 50.0, max_dist_m: float = 300.0
+        self,
+        rng: np.random.Generator,
+        min_dist_m: float = 50.0,
+        max_dist_m: float = 300.0,
+        goals: np.ndarray | None = None,
     ) -> tuple[int, int]:
         """A start node and a goal node ``min_dist_m`` to ``max_dist_m`` away along the graph.
 
@@ -265,6 +340,7 @@ class RoadGraph:
             rng: Source of randomness (``env.np_random``).
             min_dist_m: Smallest shortest-path distance, metres.
             max_dist_m: Largest shortest-path distance, metres.
+            goals: Which nodes may be goals, bool ``(N,)`` (``None``: all).
         """
         labels = self.component()
         main = np.flatnonzero(labels == np.bincount(labels).argmax())
@@ -277,9 +353,9 @@ class RoadGraph:
         for _ in range(8):
             start = int(rng.choice(main))
             d = self.distances_from(start)
-            if np.any((d >= min_dist_m) & (d <= max_dist_m)):
+            if np.any((d >= min_dist_m) & (d <= max_dist_m) & _allowed(goals, len(d))):
                 break
-        return start, self.sample_goal(rng, start, min_dist_m, max_dist_m)
+        return start, self.sample_goal(rng, start, min_dist_m, max_dist_m, goals)
 
     def sample_goal(
         self,
@@ -287,17 +363,24 @@ class RoadGraph:
         start: int,
         min_dist_m: float = 50.0,
         max_dist_m: float = 300.0,
+        goals: np.ndarray | None = None,
     ) -> int:
         """A node ``min_dist_m`` to ``max_dist_m`` from ``start`` along the graph.
 
         When no node lies in the range (a tiny graph), the reachable node farthest from
-        ``start`` within ``max_dist_m`` (``start`` itself if it has no neighbour).
+        ``start`` within ``max_dist_m`` (``start`` itself if it has no neighbour). ``goals``
+        (bool ``(N,)``, ``None``: all) restricts the choice to some nodes (held-out goals),
+        the fallback included when any allowed node is reachable.
         """  # fmt: skip
         d = self.distances_from(start)
-        ok = np.flatnonzero((d >= min_dist_m) & (d <= max_dist_m))
+        allowed = _allowed(goals, len(d))
+        ok = np.flatnonzero((d >= min_dist_m) & (d <= max_dist_m) & allowed)
         if ok.size:
             return int(rng.choice(ok))
-        return int(np.where(np.isfinite(d) & (d <= max_dist_m), d, -1.0).argmax())
+        reachable = np.isfinite(d) & (d <= max_dist_m)
+        if np.any(reachable & allowed):
+            reachable &= allowed
+        return int(np.where(reachable, d, -1.0).argmax())
 
     def heading_deg(self, a: int, b: int) -> float:
         """Compass heading (degrees clockwise from north) from node ``a`` to node ``b``."""
@@ -324,6 +407,16 @@ def _xy(position: ArrayLike) -> np.ndarray:
             f"position must be finite with shape (2,) or (3,) ENU metres, got {p.tolist()}."
         )
     return p[:2]
+
+
+def _allowed(goals: np.ndarray | None, n: int) -> np.ndarray:
+    """A bool ``(n,)`` goal mask (all True for ``None``)."""
+    if goals is None:
+        return np.ones(n, bool)
+    mask = np.asarray(goals, bool)
+    if mask.shape != (n,):
+        raise ShapeMismatchError(f"goals must be a bool mask of shape ({n},), got {mask.shape}.")
+    return mask
 
 
 def _clean_edges(edges: np.ndarray, n: int) -> np.ndarray:
@@ -356,6 +449,39 @@ def _traversal_edges(
     close = np.linalg.norm(positions[b] - positions[a], axis=1) <= max_step_m
     keep = same & close
     return np.stack([a[keep], b[keep]], axis=1).astype(np.int64)
+
+
+def _junction_edges(positions: np.ndarray, edges: np.ndarray, radius_m: float) -> np.ndarray:
+    """Pairs joining each street end (degree <= 1 in ``edges``) to the nodes within ``radius_m``
+    horizontally that ``edges`` does not already join to it by a short way (a path at most
+    :data:`_DETOUR` times the straight distance), ``(e, 2)`` int64.
+
+    The detour test keeps a street's own end alone (its neighbours along the street are already
+    a straight path away) and joins only what a junction separates: the other arms.
+    """
+    n = len(positions)
+    edges = _clean_edges(edges, n)  # a pair found by both rules must count once in the degree
+    degree = np.bincount(edges.reshape(-1), minlength=n)
+    ends = np.flatnonzero(degree <= 1)
+    if not ends.size:
+        return np.empty((0, 2), np.int64)
+    lengths = np.linalg.norm(positions[edges[:, 1]] - positions[edges[:, 0]], axis=1)
+    along = dijkstra(
+        _adjacency(edges, lengths, n),
+        directed=False,
+        indices=ends,
+        limit=_DETOUR * radius_m,
+    )
+    hits = cKDTree(positions[:, :2]).query_ball_point(positions[ends, :2], radius_m)
+    pairs = []
+    for row, (end, near) in enumerate(zip(ends, hits, strict=True)):
+        near = np.asarray([j for j in near if j != end], np.int64)
+        if not near.size:
+            continue
+        straight = np.linalg.norm(positions[near, :2] - positions[end, :2], axis=1)
+        far_along = near[along[row, near] > _DETOUR * straight]
+        pairs += [(int(end), int(j)) for j in far_along]
+    return np.asarray(pairs, np.int64).reshape(-1, 2)
 
 
 def _segment_distances(

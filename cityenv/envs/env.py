@@ -20,6 +20,18 @@ Observation (a ``Dict``; text is not in it, SB3 cannot batch text; the prompt co
 - ``geo``: float64 ``(2,)`` ``[lat, lon]`` of the camera, degrees WGS84;
 - ``goal``: float32 ``(3,)`` goal position minus camera position in the camera frame (OpenCV:
   x right, y down, z forward), zeros without a goal.
+
+What a navigating agent needs next to the frames (zeros without a goal / before a step):
+
+- ``goal_direction``: float32 ``(2,)`` unit ``[right, forward]`` horizontal direction to the goal
+  in the camera frame (straight line);
+- ``goal_distance``: float32 ``(1,)`` metres to the goal along the road graph;
+- ``route_direction``: float32 ``(2,)`` unit ``[right, forward]`` direction to the point
+  ``route_lookahead_m`` ahead on the shortest way along the streets
+  (:meth:`RoadGraph.route_point`): the turn-by-turn hint of a navigation app;
+- ``speed``: float32 ``(1,)`` metres per second over the last chunk;
+- ``last_action``: float32, the last action: one-hot ``(n,)`` for ``Discrete(n)``, the action
+  flattened for a ``Box``.
 """
 
 from __future__ import annotations
@@ -89,7 +101,9 @@ class CityWorldEnv(gym.Env):
         world_model: ``"warp"`` (:class:`~cityenv.worldmodel.warp.WarpWorldModel`),
             ``"diffusion"`` (:class:`~cityenv.worldmodel.diffusion.DiffusionWorldModel`, built
             by :meth:`~cityenv.worldmodel.diffusion.DiffusionWorldModel.create` from
-            ``world_model_options``), another name of
+            ``world_model_options``), ``"truth"`` (the simulator's true renders,
+            :class:`~cityenv.worldmodel.truth.TrueRenderWorldModel`; the renderer of the
+            city's name, the town's with its ``town`` options), another name of
             :data:`~cityenv.worldmodel.registry.WORLD_MODELS` (entry-point group
             ``cityenv.world_models``), a :class:`WorldModel` or a callable returning one. An
             import path is taken only as ``"import:package.module:attr"`` (importing runs
@@ -128,6 +142,8 @@ class CityWorldEnv(gym.Env):
             they would break Gymnasium's determinism check (same seed and action, same info);
             they also weigh megabytes per step in a vector environment. They are always on
             :attr:`last_step`.
+        route_lookahead_m: How far ahead on the way to the goal ``route_direction`` points,
+            metres.
 
     Attributes:
         last_step: The last step's :class:`StepRecord` (trajectory, retrieval, output,
@@ -161,6 +177,7 @@ class CityWorldEnv(gym.Env):
         link_radius_m: float = 15.0,
         start_radius_m: float = 20.0,
         full_info: bool = False,
+        route_lookahead_m: float = 10.0,
     ) -> None:
         check_env_arguments(
             width=width,
@@ -191,7 +208,9 @@ class CityWorldEnv(gym.Env):
         self.action_mode, self.observe, self.full_info = action_mode, observe, bool(full_info)
         self.action_adapter = _adapter(action_mode, chunk_length, fps, max_speed, action_options)
         self.task: NavigationTask = make_task(task, **dict(task_options or {}))
-        self.world_model = _make_world_model(world_model, world_model_options)
+        self.world_model = _make_world_model(
+            world_model, _world_model_options(world_model, city, town_spec, world_model_options)
+        )
         self.world_model.check_settings(self.camera, self.chunk_length)
         self.retriever, self.retrieval_k, self.exclude_traversals = _retriever(self.db, retrieval)
         self.loader = ReferenceLoader(self.db)
@@ -207,6 +226,9 @@ class CityWorldEnv(gym.Env):
         self.metres_travelled = 0.0
         self.last_step: StepRecord | None = None
         self._last_frames: np.ndarray | None = None
+        self.route_lookahead_m = float(route_lookahead_m)
+        self._speed = 0.0
+        self._last_action = np.zeros(_action_size(self.action_space), np.float32)
 
     # --- properties the policies read ----------------------------------------------------------
     @property
@@ -244,7 +266,9 @@ class CityWorldEnv(gym.Env):
             ``full_info`` also ``pose`` and ``retrieval``.
 
         Raises:
-            OutOfCoverageError: If the start or the goal lies outside the covered streets.
+            OutOfCoverageError: If the start or the goal lies outside the covered streets (a goal
+                position farther than ``start_radius_m`` from every panorama, a goal node that
+                is not a node of the road graph), or the goal cannot be reached from the start.
             UnknownOptionError: If an option is not one of the above ("Did you mean").
             InvalidOptionError: If ``options`` is not a dict or an option has the wrong type.
             ShapeMismatchError: If ``start_image`` is not a non-empty uint8 ``(h, w, 3)``.
@@ -255,6 +279,7 @@ class CityWorldEnv(gym.Env):
         start, goal = self._start_and_goal(options)
         self.pose, self.start_node = start, self.road_graph.nearest_node(start.position)
         self.time_s, self.metres_travelled = 0.0, 0.0
+        self._speed, self._last_action[:] = 0.0, 0.0
         self.task.reset(self.road_graph, start.position, goal)
         result, refs, _ = self._references(Trajectory.from_poses([start]))
         first = self.world_model.reset(
@@ -306,6 +331,7 @@ class CityWorldEnv(gym.Env):
         timings["generate"] = time.perf_counter() - t0
         self._check_frames(output.frames, len(chunk))
         self._advance(chunk, output)
+        self._last_action = _action_features(self.action_space, action)
         self.last_step = StepRecord(chunk, result, output, timings)
         outcome = self.task.step(chunk.positions)
         info = self._step_info(outcome.info)
@@ -318,8 +344,11 @@ class CityWorldEnv(gym.Env):
         return self._last_frames[-1].copy()
 
     def close(self) -> None:
-        """Close the database files."""
+        """Close the database files (and the world model's renderer, if it has one)."""
         self.db.close()
+        close = getattr(self.world_model, "close", None)
+        if callable(close):
+            close()
         super().close()
 
     def set_prompt(self, prompt: str | None) -> None:
@@ -337,7 +366,9 @@ class CityWorldEnv(gym.Env):
             if goal is not None:  # the graph is undirected: sample a start around the goal
                 node = graph.sample_goal(rng, goal, task.min_goal_m, task.max_goal_m)
             elif task.needs_goal:
-                node, goal = graph.sample_start_goal(rng, task.min_goal_m, task.max_goal_m)
+                node, goal = graph.sample_start_goal(
+                    rng, task.min_goal_m, task.max_goal_m, task.goal_mask(graph)
+                )
             else:
                 node = int(rng.integers(graph.num_nodes))
             start = self._pose_at(graph.positions[node], node, options.get("heading_deg"))
@@ -345,7 +376,9 @@ class CityWorldEnv(gym.Env):
             start = self._given_start(given, options.get("heading_deg"))
         if goal is None and task.needs_goal:
             node = graph.nearest_node(start.position)
-            goal = graph.sample_goal(rng, node, task.min_goal_m, task.max_goal_m)
+            goal = graph.sample_goal(
+                rng, node, task.min_goal_m, task.max_goal_m, task.goal_mask(graph)
+            )
         if goal is not None and not math.isfinite(graph.distance_to_goal(start.position, goal)):
             raise OutOfCoverageError(
                 f"the goal (node {goal}) must be reachable from the start along the road graph, "
@@ -383,8 +416,14 @@ class CityWorldEnv(gym.Env):
         return Pose([xy[0, 0], xy[0, 1], z], level_rotations([float(heading_deg)], [0.0])[0])
 
     def _goal_node(self, goal: Any) -> int:
-        if isinstance(goal, (int, np.integer)):
-            return self.road_graph._check_node(int(goal))
+        if isinstance(goal, (int, np.integer)) and not isinstance(goal, bool):
+            n = self.road_graph.num_nodes
+            if not 0 <= int(goal) < n:
+                raise OutOfCoverageError(
+                    f"a goal node must be a road-graph node in [0, {n}), got {int(goal)}; give a "
+                    "node id (a panorama index) or an ENU position on the covered streets."
+                )
+            return int(goal)
         position = np.asarray(goal, dtype=np.float64).reshape(-1)
         self._check_covered(position, "goal")
         return self.road_graph.nearest_node(position)
@@ -423,7 +462,9 @@ class CityWorldEnv(gym.Env):
         """Move the camera to the chunk's last pose and keep its frames."""
         assert self.pose is not None
         path = np.concatenate([self.pose.position[None], chunk.positions])
-        self.metres_travelled += float(np.linalg.norm(np.diff(path, axis=0), axis=1).sum())
+        metres = float(np.linalg.norm(np.diff(path, axis=0), axis=1).sum())
+        self.metres_travelled += metres
+        self._speed = metres / max(float(chunk.timestamps[-1]) - self.time_s, 1e-9)
         self.pose, self.time_s = chunk[len(chunk) - 1], float(chunk.timestamps[-1])
         self._last_frames = np.asarray(output.frames)
 
@@ -475,8 +516,21 @@ class CityWorldEnv(gym.Env):
                     np.array([-90.0, -180.0]), np.array([90.0, 180.0]), dtype=np.float64
                 ),
                 "goal": spaces.Box(-2 * _FAR, 2 * _FAR, (3,), np.float32),
+                **self._navigation_spaces(),
             }
         )
+
+    def _navigation_spaces(self) -> dict[str, spaces.Box]:
+        """Spaces of what a navigating agent needs next to the frames (see the module doc)."""
+        n = _action_size(self.action_space)
+        low, high = _action_bounds(self.action_space)
+        return {
+            "goal_direction": spaces.Box(-1.0, 1.0, (2,), np.float32),
+            "goal_distance": spaces.Box(0.0, _FAR, (1,), np.float32),
+            "route_direction": spaces.Box(-1.0, 1.0, (2,), np.float32),
+            "speed": spaces.Box(0.0, _FAR, (1,), np.float32),
+            "last_action": spaces.Box(low, high, (n,), np.float32),
+        }
 
     def _observation(self) -> dict[str, np.ndarray]:
         assert self.pose is not None and self._last_frames is not None
@@ -489,6 +543,24 @@ class CityWorldEnv(gym.Env):
             "pose": np.concatenate([pose.position, q]).astype(np.float32),
             "geo": np.array([float(lat), float(lon)], dtype=np.float64),
             "goal": self._goal_vector(pose),
+            **self._navigation_features(pose),
+        }
+
+    def _navigation_features(self, pose: Pose) -> dict[str, np.ndarray]:
+        """Goal and route directions, distance, speed and last action (float32 arrays)."""
+        goal, node = self.task.goal_position(), self.task.goal_node
+        distance = self.task.distance if goal is not None else 0.0
+        route = (
+            self.road_graph.route_point(pose.position, node, self.route_lookahead_m)
+            if node is not None
+            else None
+        )
+        return {
+            "goal_direction": _horizontal_direction(pose, goal),
+            "goal_distance": np.array([min(distance, _FAR)], np.float32),
+            "route_direction": _horizontal_direction(pose, route),
+            "speed": np.array([min(self._speed, _FAR)], np.float32),
+            "last_action": self._last_action.copy(),
         }
 
     def _goal_vector(self, pose: Pose) -> np.ndarray:
@@ -497,6 +569,39 @@ class CityWorldEnv(gym.Env):
             return np.zeros(3, np.float32)
         world = goal - pose.position
         return (pose.rotation_matrix.T @ world).astype(np.float32)
+
+
+def _horizontal_direction(pose: Pose, target: np.ndarray | None) -> np.ndarray:
+    """Unit ``[right, forward]`` direction from the camera to ``target`` ``(3,)`` ENU in the
+    camera frame (OpenCV x, z), float32 ``(2,)``; zeros without a target or on top of it."""
+    if target is None:
+        return np.zeros(2, np.float32)
+    local = pose.rotation_matrix.T @ (np.asarray(target, np.float64) - pose.position)
+    flat = np.array([local[0], local[2]])
+    norm = float(np.linalg.norm(flat))
+    return (flat / norm).astype(np.float32) if norm > 1e-6 else np.zeros(2, np.float32)
+
+
+def _action_size(space: spaces.Space) -> int:
+    """Length of :func:`_action_features` for ``space``."""
+    return int(space.n) if isinstance(space, spaces.Discrete) else int(np.prod(space.shape))
+
+
+def _action_bounds(space: spaces.Space) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds ``(n,)`` of :func:`_action_features` (the Box's own, 0 and 1 for one-hot)."""
+    if isinstance(space, spaces.Discrete):
+        return np.zeros(int(space.n), np.float32), np.ones(int(space.n), np.float32)
+    low = np.asarray(space.low, np.float32).reshape(-1)
+    return low, np.asarray(space.high, np.float32).reshape(-1)
+
+
+def _action_features(space: spaces.Space, action: Any) -> np.ndarray:
+    """The action as the observation's ``last_action``: one-hot for ``Discrete``, else flat."""
+    if isinstance(space, spaces.Discrete):
+        onehot = np.zeros(int(space.n), np.float32)
+        onehot[int(np.asarray(action).reshape(())) - int(space.start)] = 1.0
+        return onehot
+    return np.asarray(action, np.float32).reshape(-1).copy()
 
 
 # --- construction helpers -------------------------------------------------------------------------
@@ -537,6 +642,18 @@ def _adapter(
         else {"max_speed": max_speed}
     )
     return make_action_adapter(mode, chunk_length, fps, **{**defaults, **dict(options or {})})
+
+
+def _world_model_options(
+    spec: Any, city: str | None, town: TownSpec, options: Mapping[str, Any] | None
+) -> Mapping[str, Any] | None:
+    """``options``, with the renderer and world of the env's city for ``world_model="truth"``
+    (the true renders must show the town the database was captured from)."""
+    if spec != "truth":
+        return options
+    renderer = dict(options or {}).get("renderer", city or "town")
+    defaults = {"renderer": renderer, "spec": town if renderer == "town" else None}
+    return {**defaults, **dict(options or {})}
 
 
 def _make_world_model(

@@ -3,7 +3,7 @@ registering imports nothing heavy)."""
 
 from __future__ import annotations
 
-__all__ = ["ENV_IDS", "register_envs"]
+__all__ = ["ENV_IDS", "TRUE_RENDER_IDS", "register_envs"]
 
 ENTRY_POINT = "cityenv.envs.env:CityWorldEnv"
 
@@ -15,20 +15,28 @@ ENV_IDS: dict[str, str] = {
 }
 """Registered ID -> city name (see :mod:`cityenv.envs.cities`)."""
 
+TRUE_RENDER_IDS: dict[str, str] = {"CityWorld-TownTrue-v0": "town"}
+"""IDs whose frames are the simulator's true renders (``world_model="truth"``), the same task,
+spaces and reward as the world-model ID of the same city: agents trained in one are tested in
+the other (docs/agents.md)."""
+
 MAX_EPISODE_STEPS = 200
 """Steps per episode (200 chunks of 12 frames at 10 fps: 4 minutes of video)."""
 
 
 def register_envs() -> None:
-    """Register every ID of :data:`ENV_IDS` (those already registered are left alone)."""
+    """Register every ID of :data:`ENV_IDS` and :data:`TRUE_RENDER_IDS` (those already
+    registered are left alone)."""
     import gymnasium
 
-    for env_id, city in ENV_IDS.items():
+    ids = [(i, {"city": c}) for i, c in ENV_IDS.items()]
+    ids += [(i, {"city": c, "world_model": "truth"}) for i, c in TRUE_RENDER_IDS.items()]
+    for env_id, kwargs in ids:
         if env_id in gymnasium.registry:
             continue
         gymnasium.register(
             id=env_id,
             entry_point=ENTRY_POINT,
             max_episode_steps=MAX_EPISODE_STEPS,
-            kwargs={"city": city},
+            kwargs=kwargs,
         )

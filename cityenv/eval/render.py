@@ -35,6 +35,7 @@ from cityenv.errors import ShapeMismatchError, check_name
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Trajectory
 from cityenv.registry import Registry
+from cityenv.worldmodel.truth import RENDERERS
 
 __all__ = [
     "CONDITIONS",
@@ -88,15 +89,9 @@ class RendererFactory(Protocol):
         ...
 
 
-GROUND_TRUTH_RENDERERS: Registry[RendererFactory] = Registry(
-    "ground-truth renderer",
-    "cityenv.renderers",
-    advice=(
-        "Renderers come from installed packages (entry-point group 'cityenv.renderers'; the "
-        "built-in 'town' from carla_tools: pip install -e . in a checkout), or register one "
-        "with GROUND_TRUTH_RENDERERS.register(name, factory)."
-    ),
-)
+# The library's registry (cityenv.worldmodel.truth), so CityWorld-TownTrue-v0 and the bench share
+# one registry: a renderer registered for one is seen by the other.
+GROUND_TRUTH_RENDERERS: Registry[RendererFactory] = RENDERERS
 """Renderer name -> ``factory(spec) -> GroundTruthRenderer`` (group ``cityenv.renderers``)."""
 
 

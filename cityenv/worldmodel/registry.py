@@ -3,9 +3,11 @@
 The environment's ``world_model=`` takes a registered name, a :class:`WorldModel`, or a
 callable that builds one. The names:
 
-- ``warp`` (:meth:`WarpWorldModel.create <cityenv.worldmodel.warp.WarpWorldModel.create>`) and
+- ``warp`` (:meth:`WarpWorldModel.create <cityenv.worldmodel.warp.WarpWorldModel.create>`),
   ``diffusion`` (:meth:`DiffusionWorldModel.create
-  <cityenv.worldmodel.diffusion.DiffusionWorldModel.create>`), built in;
+  <cityenv.worldmodel.diffusion.DiffusionWorldModel.create>`) and ``truth``
+  (:meth:`TrueRenderWorldModel.create <cityenv.worldmodel.truth.TrueRenderWorldModel.create>`),
+  built in;
 - any entry point of the group ``cityenv.world_models`` of an installed package
   (``[project.entry-points."cityenv.world_models"] mymodel = "mypkg.models:MyModel.create"``);
 - any name a script registers: ``WORLD_MODELS.register("mymodel", MyModel)``.
@@ -64,8 +66,15 @@ def _diffusion(**options: Any) -> WorldModel:
     return DiffusionWorldModel.create(**options)
 
 
+def _truth(**options: Any) -> WorldModel:
+    from cityenv.worldmodel.truth import TrueRenderWorldModel  # the simulator's true renders
+
+    return TrueRenderWorldModel.create(**options)
+
+
 WORLD_MODELS.register("warp", _warp)
 WORLD_MODELS.register("diffusion", _diffusion)
+WORLD_MODELS.register("truth", _truth)
 
 
 def make_world_model(

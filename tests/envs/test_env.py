@@ -59,7 +59,9 @@ def test_observation_pose_geo_and_goal(make_env):
 
 
 def test_navigation_reward_is_the_decrease_in_graph_distance(make_env):
-    env = make_env(task_options={"off_road_penalty": 0.0, "success_radius_m": 0.1})
+    env = make_env(
+        task_options={"off_road_penalty": 0.0, "success_radius_m": 0.1, "step_cost": 0.0}
+    )
     obs, info = env.reset(seed=0)
     before = env.road_graph.distance_to_goal(env.pose.position, env.goal_node)
     assert info["distance_to_goal"] == pytest.approx(before)
@@ -72,7 +74,7 @@ def test_navigation_reward_is_the_decrease_in_graph_distance(make_env):
 
 
 def test_off_road_penalty(make_env):
-    env = make_env(task_options={"off_road_m": 0.0, "off_road_penalty": 1.0})
+    env = make_env(task_options={"off_road_m": 0.0, "off_road_penalty": 1.0, "step_cost": 0.0})
     env.reset(seed=0)
     _, reward, _, _, info = env.step(1)  # stop: no progress
     assert info["off_road"] == (info["distance_to_graph"] > 0.0)
@@ -80,7 +82,7 @@ def test_off_road_penalty(make_env):
 
 
 def test_success_at_the_goal_terminates_with_a_bonus(make_env):
-    env = make_env(task_options={"success_radius_m": 5.0, "success_bonus": 10.0})
+    env = make_env(task_options={"success_radius_m": 5.0, "success_bonus": 10.0, "step_cost": 0.0})
     node, neighbour = _edge_start(env)
     heading = env.road_graph.heading_deg(node, neighbour)
     env.reset(seed=0, options={"start": node, "goal": neighbour, "heading_deg": heading})
@@ -230,7 +232,7 @@ def test_a_goal_unreachable_from_the_camera_gives_finite_reward_and_counts_off_r
     street = np.stack([np.arange(0.0, 50.0, 10.0), np.zeros(5), np.full(5, 2.5)], axis=1)
     graph = RoadGraph.from_panoramas(np.concatenate([street, street + [0.0, 500.0, 0.0]]))
     assert len(set(graph.component().tolist())) == 2
-    task = NavigationTask(off_road_penalty=1.0)
+    task = NavigationTask(off_road_penalty=1.0, step_cost=0.0)
     task.reset(graph, street[0], goal_node=4)  # goal on the same street, 40 m away
     assert task.distance == pytest.approx(40.0)
     out = task.step(street[[1, 2]] + [0.0, 500.0, 0.0])  # the chunk ends on the other street

@@ -1,50 +1,75 @@
-"""``python -m policies.train_ppo``: flags, and a PPO smoke run on the tiny town."""
+"""``python -m policies.train_ppo``: its typed config, and a real Hydra run on the tiny town."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from policies.train_ppo import TrainSettings, parse_args, train
+from cityenv.errors import ConfigError
+from policies.train_ppo import TrainPPOConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 
-def test_flags() -> None:
-    s = parse_args(["--steps", "128", "--out", "x", "--seed", "3", "--town-blocks", "1", "1"])
-    assert (s.steps, s.out, s.seed, s.town) == (128, Path("x"), 3, {"blocks": (1, 1)})
-    assert parse_args([]) == TrainSettings()
-    with pytest.raises(SystemExit):
-        parse_args(["--size", "32"])  # SB3's CNN needs 36 pixels
+def test_config_defaults_and_checks() -> None:
+    config = load_config({"steps": 128, "town": {"blocks": [1, 1]}, "vec": "sync"})
+    assert (config.steps, config.town.blocks, config.vec) == (128, [1, 1], "sync")
+    assert load_config({}).num_envs == TrainPPOConfig().num_envs
+    with pytest.raises(ConfigError, match="Did you mean 'steps'"):
+        load_config({"stepz": 3})
+    with pytest.raises(ConfigError, match="at least 36 pixels .* got 32"):
+        load_config({"size": 32})
+    with pytest.raises(ConfigError, match="vec"):
+        load_config({"vec": "threads"})
+    with pytest.raises(ConfigError, match="Did you mean 'route_direction'"):
+        load_config({"agent_keys": ["frames", "route_dir"]})
 
 
-def test_smoke_run_saves_and_evaluates(tiny_town: dict[str, Any], tmp_path: Path) -> None:
+def test_hydra_run_trains_saves_logs_and_evaluates(town_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ppo"
+    overrides = [
+        f"out={out}",
+        "steps=64",
+        "num_envs=2",
+        "vec=sync",
+        "n_steps=32",
+        "batch_size=32",
+        "n_epochs=1",
+        "size=36",
+        "chunk_length=2",
+        "max_episode_steps=4",
+        "min_goal_m=10",
+        "max_goal_m=40",
+        "eval_episodes=1",
+        "town.blocks=[1,1]",
+        "town.size=64",
+        "progress=false",
+    ]
+    env = {**os.environ, "CITYENV_CACHE": str(town_cache), "PYTHONPATH": str(REPO)}
+    run = subprocess.run(
+        [sys.executable, "-m", "policies.train_ppo", *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    assert results["steps_trained"] >= 64
+    for name in ("ppo", "random", "route_follower"):
+        assert 0.0 <= results[name]["success_rate"] <= 1.0
+        assert results[name]["mean_steps"] <= 4
+    curve = (out / "learning_curve.csv").read_text().splitlines()
+    assert curve[0] == "steps,seconds,episode_return,episode_length,success" and len(curve) > 1
+    assert (out / "learning_curve.png").stat().st_size > 0
+    assert list((out / "tb").rglob("events.out.tfevents.*"))
     from stable_baselines3 import PPO
 
-    settings = TrainSettings(
-        steps=32,
-        n_steps=32,
-        out=tmp_path / "ppo",
-        size=36,
-        chunk_length=2,
-        max_episode_steps=4,
-        eval_episodes=1,
-        town=tiny_town,
-        progress=False,
-    )
-    results = train(settings)
-    assert Path(results["model"]).is_file()
-    PPO.load(results["model"], device="cpu")
-    saved = json.loads((tmp_path / "ppo" / "results.json").read_text())
-    for name in ("ppo", "random"):
-        assert 0.0 <= saved[name]["success_rate"] <= 1.0
-        assert saved[name]["mean_steps"] <= 4
-
-
-def test_rewards_given_to_ppo_are_finite() -> None:
-    from policies.train_ppo import REWARD_BOUND, _finite_reward
-
-    assert _finite_reward(3.5) == 3.5
-    assert _finite_reward(float("-inf")) == -REWARD_BOUND
-    assert _finite_reward(float("nan")) == 0.0
+    PPO.load(out / "ppo_agent.zip", device="cpu")
