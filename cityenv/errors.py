@@ -268,3 +268,7 @@ class CityDBIntegrityError(CityDBFormatError):
 class DamagedViewWarning(UserWarning):
     """A stored view could not be read (corrupt, truncated or missing bytes) and was skipped; issued
     once per view id."""
+
+
+class ResetNeededError(CityEnvError, RuntimeError):
+    """An environment was stepped before ``reset()`` began an episode."""

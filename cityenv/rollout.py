@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import warnings
@@ -70,6 +71,10 @@ __all__ = [
 ]
 
 
+DEFAULT_OUT = "outputs/rollout-${now:%Y%m%d-%H%M%S}"
+"""The default run folder; Hydra resolves ``${now:...}`` when the run starts."""
+
+
 def _default_world_model_options() -> dict[str, Any]:
     # Listed so that `world_model_options.preset=tiny` needs no `+` on the command line.
     return {"path": None, "preset": None, "seed": None, "device": None}
@@ -85,7 +90,7 @@ class RolloutConfig:
 
     Attributes:
         scenario: A name in ``configs/scenarios/`` or a path to a scenario YAML file.
-        out: Output folder.
+        out: Output folder (default :data:`DEFAULT_OUT`, ``outputs/rollout-<timestamp>``).
         agent: The agent that drives (a name of :data:`cityenv.agents.AGENTS`;
             ``route_follower`` comes from ``policies``).
         env_id: Gymnasium id; ``None`` = the scenario's.
@@ -111,7 +116,9 @@ class RolloutConfig:
     """
 
     scenario: str = "town_route"
-    out: Path = Path("outputs/rollout-${now:%Y%m%d-%H%M%S}")
+    # A str, not a Path: OmegaConf interpolates only strings, and a Path default would reach
+    # Hydra's run.dir with a literal "${now:...}" (its log file then cannot be opened).
+    out: Path = DEFAULT_OUT  # type: ignore[assignment]
     agent: str = "route_follower"
     env_id: str | None = None
     city_db: str | None = None
@@ -129,6 +136,16 @@ class RolloutConfig:
     video: bool = True
     rrd: bool = True
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        # Built directly (not through Hydra), ``out`` may still be the default's string.
+        if isinstance(self.out, str):
+            self.out = Path(_resolve_now(self.out))
+
+
+def _resolve_now(text: str) -> str:
+    """``text`` with each ``${now:FORMAT}`` replaced by the local time in that format."""
+    return re.sub(r"\$\{now:([^}]*)\}", lambda m: time.strftime(m.group(1)), text)
 
 
 ConfigStore.instance().store(name="rollout_schema", node=RolloutConfig)
@@ -171,6 +188,9 @@ def load_config(cfg: DictConfig | Mapping[str, Any]) -> RolloutConfig:
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     data.pop("hydra", None)
     _check_keys(data, RolloutConfig, "rollout config key")
+    # Outside Hydra no `now` resolver is registered: resolve the default's timestamp here.
+    if isinstance(data.get("out", DEFAULT_OUT), str):
+        data["out"] = _resolve_now(data.get("out", DEFAULT_OUT))
     try:
         merged = OmegaConf.merge(OmegaConf.structured(RolloutConfig), data)
         config = OmegaConf.to_object(merged)

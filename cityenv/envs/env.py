@@ -55,8 +55,14 @@ from cityenv.envs.actions import ActionAdapter, level_rotations, make_action_ada
 from cityenv.envs.cities import resolve_city_db
 from cityenv.envs.tasks import NavigationTask, make_task
 from cityenv.envs.town import TownSpec
-from cityenv.envs.validation import check_env_arguments, check_prompt, check_reset_options
-from cityenv.errors import OutOfCoverageError, ShapeMismatchError, unknown_name
+from cityenv.envs.validation import (
+    check_env_arguments,
+    check_node,
+    check_prompt,
+    check_reset_options,
+    check_retrieval_options,
+)
+from cityenv.errors import OutOfCoverageError, ResetNeededError, ShapeMismatchError, unknown_name
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
 from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, WorldModel
@@ -323,7 +329,9 @@ class CityWorldEnv(gym.Env):
             InvalidActionError: If the action is outside the action space or holds NaN/inf.
         """
         if self.pose is None:
-            raise RuntimeError("the environment must be reset before step(); call env.reset().")
+            raise ResetNeededError(
+                "the environment must be reset before step(); call env.reset() first."
+            )
         chunk = self.action_adapter.chunk(self.pose, self.time_s, action, self._street_height)
         result, refs, timings = self._references(chunk)
         t0 = time.perf_counter()
@@ -396,7 +404,7 @@ class CityWorldEnv(gym.Env):
             heading = start.heading_deg if heading_deg is None else heading_deg
             return Pose(position, level_rotations([heading], [start.pitch_deg])[0])
         if isinstance(start, (int, np.integer)):
-            node = graph._check_node(int(start))
+            node = check_node("start", int(start), graph.num_nodes)
             return self._pose_at(graph.positions[node], node, heading_deg)
         position = np.asarray(start, dtype=np.float64).reshape(-1)
         self._check_covered(position, "start")
@@ -416,14 +424,8 @@ class CityWorldEnv(gym.Env):
         return Pose([xy[0, 0], xy[0, 1], z], level_rotations([float(heading_deg)], [0.0])[0])
 
     def _goal_node(self, goal: Any) -> int:
-        if isinstance(goal, (int, np.integer)) and not isinstance(goal, bool):
-            n = self.road_graph.num_nodes
-            if not 0 <= int(goal) < n:
-                raise OutOfCoverageError(
-                    f"a goal node must be a road-graph node in [0, {n}), got {int(goal)}; give a "
-                    "node id (a panorama index) or an ENU position on the covered streets."
-                )
-            return int(goal)
+        if isinstance(goal, (int, np.integer)):
+            return check_node("goal", int(goal), self.road_graph.num_nodes)
         position = np.asarray(goal, dtype=np.float64).reshape(-1)
         self._check_covered(position, "goal")
         return self.road_graph.nearest_node(position)
@@ -668,6 +670,7 @@ def _make_world_model(
 def _retriever(
     db: CityDB, retrieval: Mapping[str, Any] | None
 ) -> tuple[Retriever, int, tuple[str, ...]]:
+    check_retrieval_options(retrieval)
     options = dict(retrieval or {})
     k = int(options.pop("k", 5))
     exclude = options.pop("exclude_traversals", ())

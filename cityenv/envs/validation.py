@@ -13,6 +13,7 @@ is refused, ``64.0`` is 64), and everything finite. Errors:
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Mapping
@@ -20,20 +21,27 @@ from typing import Any
 
 import numpy as np
 
+from cityenv.citydb.retrieval import Retriever
 from cityenv.errors import InvalidOptionError, ShapeMismatchError, UnknownOptionError, unknown_name
 from cityenv.geometry.pose import Pose
 
 __all__ = [
+    "MAX_FRAME_SIDE",
     "RESET_OPTIONS",
     "check_env_arguments",
+    "check_node",
     "check_prompt",
     "check_reset_options",
+    "check_retrieval_options",
     "finite_number",
     "whole_number",
 ]
 
 RESET_OPTIONS = ("prompt", "start", "heading_deg", "goal", "start_image")
 """The keys ``CityWorldEnv.reset(options=...)`` reads."""
+
+MAX_FRAME_SIDE = 8192
+"""Largest frame width or height, pixels: beyond it the frame buffers alone exhaust memory."""
 
 
 # --- single values ------------------------------------------------------------------------------
@@ -118,7 +126,8 @@ def check_env_arguments(
     """Check the numbers and option mappings of ``CityWorldEnv.__init__`` before anything is built.
 
     Args:
-        width, height, chunk_length: Whole numbers >= 1.
+        width, height: Whole numbers in ``[1, MAX_FRAME_SIDE]``.
+        chunk_length: A whole number >= 1.
         fov_deg: Degrees in ``(0, 180)``.
         fps, max_speed, link_radius_m, start_radius_m: Finite numbers > 0.
         camera_height: ``None`` or a finite number > 0 (metres above the road).
@@ -129,8 +138,13 @@ def check_env_arguments(
         InvalidOptionError: Naming the first argument that is wrong, what it must be and what
             came.
     """
-    for name, value in (("width", width), ("height", height), ("chunk_length", chunk_length)):
-        whole_number(name, value)
+    whole_number("chunk_length", chunk_length)
+    for name, value in (("width", width), ("height", height)):
+        if whole_number(name, value) > MAX_FRAME_SIDE:
+            raise InvalidOptionError(
+                f"{name} must be a frame size in pixels <= {MAX_FRAME_SIDE}, got {value!r}; "
+                "pass e.g. 256 (larger frames would not fit in memory)."
+            )
     fov = finite_number("fov_deg", fov_deg, low=0.0, low_open=True)
     if fov >= 180.0:
         raise InvalidOptionError(
@@ -191,6 +205,20 @@ def check_reset_options(options: Any) -> dict[str, Any]:
     return out
 
 
+def check_node(key: str, node: int, num_nodes: int) -> int:
+    """``node`` if it is a road-graph node id in ``[0, num_nodes)``.
+
+    Raises:
+        InvalidOptionError: Naming the reset option, the range and what came.
+    """
+    if not 0 <= node < num_nodes:
+        raise InvalidOptionError(
+            f"reset option {key} must be a road-graph node id in [0, {num_nodes}), got {node}; "
+            "node ids are panorama indices of the database (or pass an ENU position)."
+        )
+    return int(node)
+
+
 def _place(key: str, value: Any) -> Pose | int | np.ndarray:
     """A start/goal as a Pose (start only), a node id, or a finite ``(2,)``/``(3,)`` position."""
     if isinstance(value, Pose) and key == "start":
@@ -210,6 +238,26 @@ def _place(key: str, value: Any) -> Pose | int | np.ndarray:
             f"position [x, y] or [x, y, z] in metres, got {type(value).__name__} {value!r}."
         )
     return array.astype(np.float64)
+
+
+# --- retrieval ------------------------------------------------------------------------------------
+def check_retrieval_options(retrieval: Mapping[str, Any] | None) -> None:
+    """Refuse a key of the env's ``retrieval`` mapping that neither the env nor the retriever reads.
+
+    Raises:
+        UnknownOptionError: Naming the key, the known ones and the closest ("Did you mean").
+    """
+    params = inspect.signature(Retriever.__init__).parameters
+    known = ("k", "exclude_traversals", *(p for p in params if p not in ("self", "db")))
+    for key in retrieval or {}:
+        if key not in known:
+            raise unknown_name(
+                "retrieval option",
+                key,
+                known,
+                error=UnknownOptionError,
+                advice="Remove the key or fix its spelling.",
+            )
 
 
 def _check_image(image: Any) -> None:

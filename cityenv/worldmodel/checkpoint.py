@@ -17,6 +17,7 @@ same. Weights are read from safetensors only: a folder holding pickled weights i
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,8 +108,10 @@ def load_folder(
     Raises:
         CheckpointError: If the folder has no ``config.json`` or it is not JSON, describes
             another class, lacks or garbles the settings, holds settings that cannot generate
-            or pickled weights, or a part's config and weights disagree (the message names the
-            missing, unexpected and reshaped keys).
+            or pickled weights, has scheduler settings that cannot sample
+            (``num_train_timesteps`` below 1, ``shift`` not a finite number > 0), or a part's
+            config and weights disagree (the message names the missing, unexpected and
+            reshaped keys).
         TextEncoderNotFoundError: If the text encoder's folder does not exist or is incomplete.
     """
     path = Path(path)
@@ -117,7 +120,7 @@ def load_folder(
     _check_text_encoder(path / CONFIG_FILE, meta["text_encoder"])
     check_weights(path / "transformer", _transformer_shapes(path / "transformer"))
     check_weights(path / "vae", _vae_shapes(path / "vae"))
-    _read_json(path / "scheduler" / "scheduler_config.json", "the scheduler's settings")
+    _check_scheduler(path / "scheduler" / "scheduler_config.json")
     transformer = CityDiT.from_pretrained(
         path / "transformer",
         use_safetensors=True,
@@ -242,6 +245,28 @@ def _read_json(path: Path, what: str) -> Any:
             f"{path} ({what}) must be JSON, got a file that is not ({exc}); restore the file "
             "save_pretrained wrote."
         ) from None
+
+
+def _check_scheduler(path: Path) -> None:
+    """Refuse scheduler settings that cannot sample (diffusers would fail inside, or silently)."""
+    values = _read_json(path, "the scheduler's settings")
+    if not isinstance(values, dict):
+        raise CheckpointError(
+            f"{path} must hold a JSON object of scheduler settings, got a "
+            f"{type(values).__name__}; restore the file save_pretrained wrote."
+        )
+    steps = values.get("num_train_timesteps", 1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise CheckpointError(
+            f"{path}: num_train_timesteps must be a whole number >= 1, got {steps!r}; restore "
+            "the value the model was trained with (1000 by default)."
+        )
+    shift = values.get("shift", 1.0)
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 < shift < math.inf:
+        raise CheckpointError(
+            f"{path}: shift must be a finite number > 0, got {shift!r}; restore the value the "
+            "model was trained with (1.0 by default)."
+        )
 
 
 def _read_config(path: Path, class_name: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 from cityenv.citydb.reader import CityDB
 from cityenv.citydb.roadgraph import RoadGraph
 from cityenv.envs.tasks import NavigationTask, heldout_goal_mask
-from cityenv.errors import OutOfCoverageError, UnknownNameError
+from cityenv.errors import InvalidOptionError, OutOfCoverageError, UnknownNameError
 
 
 def test_the_town_road_graph_is_one_component(town_db):
@@ -92,5 +92,5 @@ def test_a_goal_off_the_road_graph_raises(make_env):
     with pytest.raises(OutOfCoverageError, match=r"goal must lie within 20 m .* got \[5000"):
         env.reset(seed=0, options={"goal": [5000.0, 5000.0]})
     n = env.road_graph.num_nodes
-    with pytest.raises(OutOfCoverageError, match=rf"node in \[0, {n}\), got {n + 5}"):
+    with pytest.raises(InvalidOptionError, match=rf"node id in \[0, {n}\), got {n + 5}"):
         env.reset(seed=0, options={"goal": n + 5})
