@@ -258,3 +258,8 @@ class CityDBIntegrityError(CityDBFormatError):
 class DamagedViewWarning(UserWarning):
     """A stored view could not be read (corrupt, truncated or missing bytes) and was skipped; issued
     once per view id."""
+
+
+class CorruptSourceImageError(IngestError):
+    """An image given to ingestion (a panorama or a photo) is cut short or damaged: decoding it
+    would store made-up pixels."""
