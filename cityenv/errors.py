@@ -272,3 +272,8 @@ class DamagedViewWarning(UserWarning):
 
 class ResetNeededError(CityEnvError, RuntimeError):
     """An environment was stepped before ``reset()`` began an episode."""
+
+
+class CorruptSourceImageError(IngestError):
+    """An image given to ingestion (a panorama or a photo) is cut short or damaged: decoding it
+    would store made-up pixels."""

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from cityenv.citydb import format as fmt
 from cityenv.citydb.writer import CityDBWriter
-from cityenv.errors import CityEnvError, IngestError, PanoramaShapeError
+from cityenv.errors import CityEnvError, CorruptSourceImageError, IngestError, PanoramaShapeError
 from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.panorama import equirect_to_pinholes
 from cityenv.geometry.pose import Pose
@@ -47,6 +47,7 @@ __all__ = [
     "PanoramaRow",
     "check_panorama_files",
     "ingest_panoramas",
+    "jpeg_truncation",
     "read_panorama_csv",
 ]
 
@@ -300,6 +301,31 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
+def jpeg_truncation(path: Path) -> str | None:
+    """Why a JPEG file is cut short, or ``None`` (complete, or not a JPEG).
+
+    OpenCV decodes a truncated JPEG with only a printed "Premature end of JPEG file", filling the
+    missing rows grey; a complete JPEG ends its last scan with the end-of-image marker ``FFD9``
+    (byte stuffing keeps that pair out of the scan data, so finding it is exact, and bytes a
+    camera appends after it are allowed).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None  # an unreadable file is reported by the decoder's own check
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    scan = data.rfind(b"\xff\xda")  # the last start-of-scan marker
+    if scan < 0:
+        return f"a JPEG without image data ({len(data)} bytes, no start-of-scan marker)"
+    if data.find(b"\xff\xd9", scan) < 0:
+        return (
+            f"a truncated JPEG ({len(data)} bytes, its last scan has no end-of-image marker; "
+            "an interrupted download or copy)"
+        )
+    return None
+
+
 def _depth_shape(path: Path) -> tuple[int, ...] | None:
     """Shape ``(h, w)`` of a depth map from its header, or ``None`` if unreadable."""
     if path.suffix == ".npy":
@@ -321,6 +347,12 @@ def _check_row_files(row: PanoramaRow) -> None:
             "a readable PNG/JPEG panorama",
             str(row.image),
             "check that the file exists and is an image",
+        )
+    cut = jpeg_truncation(row.image)
+    if cut is not None:
+        raise CorruptSourceImageError(
+            f"CSV row {row.row}, column 'image': expected a complete PNG/JPEG panorama, got "
+            f"{row.image} as {cut}; download or export it again (nothing was written)."
         )
     width, height = size
     if abs(width - 2 * height) > 1:
@@ -347,6 +379,7 @@ def check_panorama_files(rows: list[PanoramaRow], progress: bool = False) -> Non
 
     Raises:
         IngestError: For a missing or unreadable image or depth map (naming row and column).
+        CorruptSourceImageError: For a truncated JPEG panorama.
         PanoramaShapeError: For an image that is not 2:1 or a depth map of another aspect.
     """
     for row in tqdm(rows, desc="check", unit="pano", disable=not progress):
@@ -416,7 +449,7 @@ def ingest_panoramas(
     """
     start = time.perf_counter()
     db = Path(db_path)
-    _check_arguments(db, num_views)
+    _check_arguments(db, num_views, size, fov_deg)
     rows = read_panorama_csv(csv_path)
     if not rows:
         raise IngestError(f"expected at least one panorama row in {csv_path}, got none.")
@@ -460,8 +493,9 @@ def remove_new_database(db: Path, existed: bool) -> None:
             entry.unlink(missing_ok=True)
 
 
-def _check_arguments(db: Path, num_views: int) -> None:
-    """Raise :class:`IngestError` for a database path that is a file or a bad view count."""
+def _check_arguments(db: Path, num_views: int, size: tuple[int, int], fov_deg: float) -> None:
+    """Raise :class:`IngestError` for a database path that is a file or a bad view count, size or
+    field of view (before any row is read, so the message names the option, not a CSV row)."""
     if db.exists() and not db.is_dir():
         raise IngestError(
             f"expected a database folder at {db}, got a file; choose a folder path (it is "
@@ -471,6 +505,24 @@ def _check_arguments(db: Path, num_views: int) -> None:
         raise IngestError(
             f"num_views (--views) must be a positive integer, got {num_views!r}; SWM cuts each "
             "panorama into 8 views."
+        )
+    if (
+        len(size) != 2
+        or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in size)
+        or min(size) < 1
+    ):
+        raise IngestError(
+            f"size (--size W H) must be two positive integers (pixels of each view), got "
+            f"{tuple(size)!r}; the default is 512 512."
+        )
+    try:
+        fov = float(fov_deg)
+    except (TypeError, ValueError):
+        fov = math.nan
+    if not 0.0 < fov < 180.0:
+        raise IngestError(
+            f"fov_deg (--fov) must be a horizontal field of view in (0, 180) degrees, got "
+            f"{fov_deg!r}; SWM uses 90."
         )
 
 

@@ -10,7 +10,9 @@
   locators lie inside the committed part of existing shards;
 - every shard: exists and holds its committed bytes; no two views share bytes;
 - ``--full``: every blob, in ranges of about 32 MiB over all shards in a thread pool: its CRC-32
-  when recorded, else that it decodes to its camera's size.
+  when recorded, else that it decodes to its camera's size. Blobs whose locators the fast check
+  found outside the shards are not read (a flipped length bit could ask for terabytes); they are
+  listed in a note.
 
 Checksums a database written before they existed does not have are reported as "not recorded",
 never as damage.
@@ -191,6 +193,7 @@ class _PartResult:
     unrecorded_crcs: int = 0
     blobs: np.ndarray | None = None  # (n, 6) int64: view_id, kind (0 image, 1 depth), shard,
     # offset, length, crc (-1 = not recorded)
+    rejected: np.ndarray | None = None  # (m, 6) blobs whose locators lie outside the shards
 
 
 def verify(
@@ -205,7 +208,7 @@ def verify(
     Args:
         path: The database folder.
         full: Also read every blob and check its CRC-32 (or, without one, that it decodes).
-        workers: Threads (default: the CPU count, at most 8).
+        workers: Threads, at least 1 (default: the CPU count, at most 8).
         progress: Show tqdm progress bars.
 
     Returns:
@@ -214,21 +217,48 @@ def verify(
     Raises:
         ManifestNotFoundError: If the folder holds no CityDB (``ManifestLostError`` if it holds
             parts but lost its manifest: run ``repair``).
+        CityDBError: If ``workers`` is not a positive integer.
     """
     t0 = time.perf_counter()
     root = Path(path)
     report = VerifyReport(root=root, full=full)
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = _check_workers(workers)
     manifest = _verify_manifest(root, report)
     if manifest is not None:
-        blobs = _verify_parts(root, manifest, report, workers, progress)
+        blobs, rejected = _verify_parts(root, manifest, report, workers, progress)
         _verify_shards(root, manifest, report)
         if blobs.size:
             _verify_overlaps(blobs, report)
         if full:
+            _note_rejected(rejected, report)
             _verify_blobs(root, manifest, blobs, report, workers, progress)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _check_workers(workers: int | None) -> int:
+    """The thread count: ``workers`` if a positive integer, the default for ``None``."""
+    if workers is None:
+        return min(8, os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise CityDBError(
+            f"workers (--workers) must be a positive integer, got {workers!r}; omit it for one "
+            "thread per CPU (at most 8)."
+        )
+    return workers
+
+
+def _note_rejected(rejected: np.ndarray, report: VerifyReport) -> None:
+    """List the blobs ``--full`` does not read: their locators point outside the shards (a
+    flipped length could ask for terabytes), so reading them would fail or exhaust memory."""
+    if not rejected.size:
+        return
+    names = ", ".join(_blob_name(row) for row in rejected[:20])
+    more = f" and {len(rejected) - 20} more" if len(rejected) > 20 else ""
+    report.notes.append(
+        f"--full did not read {len(rejected)} blobs whose locators lie outside the committed "
+        f"bytes of the shards (damaged parts): {names}{more}"
+    )
 
 
 def _verify_manifest(root: Path, report: VerifyReport) -> fmt.Manifest | None:
@@ -263,8 +293,9 @@ def _verify_manifest(root: Path, report: VerifyReport) -> fmt.Manifest | None:
 
 def _verify_parts(
     root: Path, manifest: fmt.Manifest, report: VerifyReport, workers: int, progress: bool
-) -> np.ndarray:
-    """Check every part in a thread pool; the ``(n, 6)`` blob table of all views."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check every part in a thread pool; the ``(n, 6)`` blob table of all views whose locators
+    lie inside the shards, and the ``(m, 6)`` table of those that do not."""
     parts = manifest.parts
     with ThreadPoolExecutor(workers) as pool:
         results = list(
@@ -285,8 +316,13 @@ def _verify_parts(
         report.not_recorded.append(f"SHA-256 of {hashes} part files")
     if crcs:
         report.not_recorded.append(f"CRC-32 of {crcs} blobs")
-    blobs = [r.blobs for r in results if r.blobs is not None and r.blobs.size]
-    return np.concatenate(blobs) if blobs else np.empty((0, 6), np.int64)
+    return _stack([r.blobs for r in results]), _stack([r.rejected for r in results])
+
+
+def _stack(tables: list[np.ndarray | None]) -> np.ndarray:
+    """The non-empty ``(k, 6)`` blob tables stacked, ``(0, 6)`` when there are none."""
+    kept = [t for t in tables if t is not None and t.size]
+    return np.concatenate(kept) if kept else np.empty((0, 6), np.int64)
 
 
 def _check_part(root: Path, manifest: fmt.Manifest, part: fmt.PartInfo) -> _PartResult:
@@ -360,8 +396,8 @@ def _check_view_table(
         fields += [col[f"{kind}_{c}"][stored] for c in ("shard", "offset", "length")]
         blobs.append(np.stack([*fields, crc], 1).astype(np.int64))
     blobs_all = np.concatenate(blobs)
-    _check_locators(manifest, blobs_all, result)
-    result.blobs = blobs_all
+    outside = _check_locators(manifest, blobs_all, result)
+    result.blobs, result.rejected = blobs_all[~outside], blobs_all[outside]
 
 
 def _check_cameras(
@@ -393,13 +429,15 @@ def _check_cameras(
         )
 
 
-def _check_locators(manifest: fmt.Manifest, blobs: np.ndarray, result: _PartResult) -> None:
-    """Each blob must lie inside the committed bytes of an existing shard."""
+def _check_locators(manifest: fmt.Manifest, blobs: np.ndarray, result: _PartResult) -> np.ndarray:
+    """Each blob must lie inside the committed bytes of an existing shard; the ``(n,)`` mask of
+    those that do not (``--full`` must not read them)."""
     sizes = np.array([s.size for s in manifest.shards] + [-1], np.int64)
     shard = blobs[:, 2]
     bad_shard = (shard < 0) | (shard >= len(manifest.shards))
     ends = blobs[:, 3] + blobs[:, 4]
     outside = bad_shard | (blobs[:, 3] < 0) | (ends > sizes[np.where(bad_shard, -1, shard)])
+    outside |= ends < blobs[:, 3]  # offset + length wrapped past int64 (a flipped high bit)
     for row in blobs[outside][:20]:
         result.damaged.append(
             Finding(
@@ -408,6 +446,7 @@ def _check_locators(manifest: fmt.Manifest, blobs: np.ndarray, result: _PartResu
                 "the committed bytes of the shards",
             )
         )
+    return outside
 
 
 def _check_panorama_table(file: Path, part: fmt.PartInfo, result: _PartResult, pages: bool) -> None:

@@ -36,7 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from cityenv.citydb import format as fmt
-from cityenv.citydb.ingest import remove_new_database
+from cityenv.citydb.ingest import jpeg_truncation, remove_new_database
 from cityenv.citydb.photos.depth import DepthSource, DepthView, make_depth_source
 from cityenv.citydb.photos.geo import (
     GeoidModel,
@@ -47,7 +47,7 @@ from cityenv.citydb.photos.geo import (
 from cityenv.citydb.photos.records import FULL_FRAME_DIAGONAL_MM, PhotoRecord, Skip, read_photos
 from cityenv.citydb.photos.sfm import SparseDepth, reconstruct
 from cityenv.citydb.writer import CityDBWriter
-from cityenv.errors import CityEnvError, DepthlessViewWarning, DepthModelError, IngestError
+from cityenv.errors import DepthlessViewWarning, DepthModelError, IngestError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.geodesy import LocalFrame
 from cityenv.geometry.pose import Pose
@@ -197,6 +197,13 @@ def prepare_photo(record: PhotoRecord) -> PreparedPhoto | Skip:
             where,
             "no GPS position (EXIF GPSLatitude/GPSLongitude); geotag it or list it in a photo CSV",
         )
+    if not (-90.0 <= record.lat <= 90.0 and -180.0 <= record.lon <= 360.0):
+        # one bad fix must not abort the run (the ENU conversion refuses the whole batch)
+        return Skip(
+            where,
+            f"image {record.image_id}: lat {record.lat} / lon {record.lon} outside [-90, 90] / "
+            "[-180, 360] degrees (latitude and longitude swapped?); fix its position",
+        )
     if record.capture_time is None:
         return Skip(
             where,
@@ -208,6 +215,9 @@ def prepare_photo(record: PhotoRecord) -> PreparedPhoto | Skip:
             f"camera_type {record.extra['camera_type']!r} is not a perspective photo; ingest "
             "panoramas with `ingest`",
         )
+    cut = jpeg_truncation(record.image)
+    if cut is not None:  # Pillow refuses most, unless a library set LOAD_TRUNCATED_IMAGES
+        return Skip(where, f"the image is {cut}; download or export it again")
     image = _load_upright(record.image)
     if isinstance(image, str):
         return Skip(where, image)
@@ -534,7 +544,8 @@ def _write(
                 report.traversals[photo.traversal] = report.traversals.get(photo.traversal, 0) + 1
                 if photo.depth is None or not np.any(photo.depth > 0):
                     depthless.append(photo.record.image_id)
-    except CityEnvError:
+    except Exception:
+        # any failure (not only a refusal) of a first run leaves no half database behind
         if created:
             remove_new_database(db, existed)
         raise

@@ -389,6 +389,36 @@ def _mapillary_camera(entry: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _mapillary_position(entry: dict[str, Any]) -> tuple[float | None, float | None] | str:
+    """``(lon, lat)`` from ``computed_geometry``/``geometry`` (``None`` when absent), or why the
+    coordinates given cannot be used."""
+    geometry = entry.get("computed_geometry") or entry.get("geometry") or {}
+    coords = geometry.get("coordinates") if isinstance(geometry, dict) else None
+    if coords is None:
+        return None, None
+    if not isinstance(coords, (list, tuple)) or len(coords) < 2:
+        return (
+            f"geometry.coordinates must be a [lon, lat] list, got {coords!r}; fix the JSON "
+            "(GeoJSON order: longitude first)"
+        )
+    return _float(coords[0]), _float(coords[1])
+
+
+def _mapillary_time(entry: dict[str, Any]) -> datetime | None | str:
+    """``captured_at`` (Unix milliseconds) as UTC (``None`` when absent), or why it cannot be
+    a time (a value past what the platform's clock functions can represent)."""
+    millis = _float(entry.get("captured_at"))
+    if millis is None:
+        return None
+    try:
+        return datetime.fromtimestamp(millis / 1000.0, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError) as exc:
+        return (
+            f"captured_at {entry.get('captured_at')!r} is not a Unix time in milliseconds "
+            f"between the years 1 and 9999 ({exc}); fix the JSON"
+        )
+
+
 def _mapillary_record(entry: dict[str, Any], base: Path) -> PhotoRecord | Skip:
     image_id = str(entry.get("id", "")).strip()
     if not image_id:
@@ -400,16 +430,17 @@ def _mapillary_record(entry: dict[str, Any], base: Path) -> PhotoRecord | Skip:
             f"no local file for image {image_id} (looked for {image_id}.jpg beside the JSON and "
             "in images/); save each image as <id>.jpg",
         )
-    geometry = entry.get("computed_geometry") or entry.get("geometry") or {}
-    coords = geometry.get("coordinates") if isinstance(geometry, dict) else None
-    lon, lat = (
-        (_float(coords[0]), _float(coords[1])) if coords and len(coords) >= 2 else (None,) * 2
-    )
+    position = _mapillary_position(entry)
+    if isinstance(position, str):
+        return Skip(str(path), f"image {image_id}: {position}")
+    when = _mapillary_time(entry)
+    if isinstance(when, str):
+        return Skip(str(path), f"image {image_id}: {when}")
+    lon, lat = position
     computed = _float(entry.get("computed_compass_angle"))
     compass = computed if computed is not None else _float(entry.get("compass_angle"))
     altitude = _float(entry.get("computed_altitude"))
     altitude = altitude if altitude is not None else _float(entry.get("altitude"))
-    millis = _float(entry.get("captured_at"))
     sequence = entry.get("sequence") or entry.get("sequence_id")
     if isinstance(sequence, dict):
         sequence = sequence.get("id")
@@ -421,9 +452,7 @@ def _mapillary_record(entry: dict[str, Any], base: Path) -> PhotoRecord | Skip:
         lat=lat,
         lon=lon,
         altitude=altitude,
-        capture_time=(
-            datetime.fromtimestamp(millis / 1000.0, tz=timezone.utc) if millis is not None else None
-        ),
+        capture_time=when,
         sequence=str(sequence) if sequence else None,
         compass=compass,
         compass_kind=("computed" if computed is not None else "true")
