@@ -20,9 +20,18 @@ from cityenv.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 
 BUILD = """
-import sys
+import sys, time
+import carla_tools.generate
 from carla_tools.town_db import build_town_db
 from cityenv.envs.town import TownSpec
+
+generate = carla_tools.generate.generate
+
+def slow_generate(settings):  # the build stays inside the generator until interrupted
+    generate(settings)
+    time.sleep(600)
+
+carla_tools.generate.generate = slow_generate
 build_town_db(TownSpec(blocks=[1, 1], size=64), sys.argv[1], progress=False)
 """
 
