@@ -10,7 +10,8 @@ Two shapes:
   frames/s and the time split of the one-process runs; then PPO end to end (``--ppo-steps``
   steps of :mod:`policies.train_ppo`'s agent and settings: collection + updates) in steps/s.
   ``python benchmarks/bench_env.py --rl [--steps 200] [--workers 4] [--repeats 3]``
-- the drive (default): ``python benchmarks/bench_env.py [--steps 1000] [--size 256] [--chunk 12]``
+- the drive (default): ``python benchmarks/bench_env.py [--steps 1000] [--size 256] [--chunk 12]
+  [--world-model diffusion [--model-path DIR | --preset town]]``
   drives the camera
 along the town's streets for ``--steps`` steps with the route follower of :mod:`policies`
 (navigation task, discrete actions; at each goal the episode restarts where the camera is, with a
@@ -42,8 +43,17 @@ def _rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def run(steps: int, size: int, chunk: int, seed: int) -> dict:
-    """Run the episode and return the figures."""
+def run(
+    steps: int,
+    size: int,
+    chunk: int,
+    seed: int,
+    world_model: str = "warp",
+    world_model_options: dict | None = None,
+) -> dict:
+    """Run the episode and return the figures (``world_model`` and its options as the env
+    takes them: the diffusion model's split is encode / denoise / decode instead of splat /
+    fill)."""
     from policies.route_follower import RouteFollower
 
     env = gym.make(
@@ -52,12 +62,15 @@ def run(steps: int, size: int, chunk: int, seed: int) -> dict:
         height=size,
         chunk_length=chunk,
         max_episode_steps=steps + 1,
+        world_model=world_model,
+        world_model_options=world_model_options,
     )
     base = env.unwrapped
     obs, info = env.reset(seed=seed)
     follower = RouteFollower(env)
     resets, reset_s = 0, 0.0
-    split = {"retrieval": 0.0, "splat": 0.0, "fill": 0.0, "generate_other": 0.0, "env_other": 0.0}
+    parts = ("encode_s", "denoise_s") if world_model == "diffusion" else ("splat_s", "fill_s")
+    split = {k: 0.0 for k in ("retrieval", *(p[:-2] for p in parts), "generate_other", "env_other")}
     rss = [(0, round(_rss_mib(), 1))]
     refs = []
     start = time.perf_counter()
@@ -67,11 +80,11 @@ def run(steps: int, size: int, chunk: int, seed: int) -> dict:
         step_s = time.perf_counter() - t0
         record = base.last_step
         info, timings = record.output.info, record.timings
-        splat, fill = float(info.get("splat_s", 0.0)), float(info.get("fill_s", 0.0))
+        first, second = (float(info.get(p, 0.0)) for p in parts)
         split["retrieval"] += timings["retrieval"]
-        split["splat"] += splat
-        split["fill"] += fill
-        split["generate_other"] += timings["generate"] - splat - fill
+        split[parts[0][:-2]] += first
+        split[parts[1][:-2]] += second
+        split["generate_other"] += timings["generate"] - first - second
         split["env_other"] += step_s - timings["retrieval"] - timings["generate"]
         refs.append(len(record.output.references.views))
         if i % 100 == 0 or i == steps:
@@ -84,6 +97,7 @@ def run(steps: int, size: int, chunk: int, seed: int) -> dict:
     wall = time.perf_counter() - start - reset_s
     env.close()
     return {
+        "world_model": world_model,
         "steps": steps,
         "size": size,
         "chunk_length": chunk,
@@ -259,13 +273,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (rl)")
     parser.add_argument("--ppo-steps", type=int, default=2048, help="PPO steps timed (rl; 0: none)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--world-model", default="warp", choices=["warp", "diffusion"], help="drive: the model"
+    )
+    parser.add_argument(
+        "--model-path", default=None, help="drive, diffusion: a saved model folder (default: "
+        "the shipped one); --preset NAME for random weights (timing only)",
+    )  # fmt: skip
+    parser.add_argument("--preset", default=None, help="drive, diffusion: random weights")
     args = parser.parse_args()
     if args.rl:
         args.steps, args.chunk = args.steps or 200, args.chunk or 4
         print(json.dumps(run_rl(args), indent=1))
         return
     steps, chunk = args.steps or 1000, args.chunk or 12
-    print(json.dumps(run(steps, args.size, chunk, args.seed), indent=1))
+    options = None
+    if args.world_model == "diffusion":
+        options = {"path": args.model_path, "preset": args.preset, "device": "cpu"}
+    print(json.dumps(run(steps, args.size, chunk, args.seed, args.world_model, options), indent=1))
 
 
 if __name__ == "__main__":
