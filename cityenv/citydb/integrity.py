@@ -13,6 +13,11 @@
   when recorded, else that it decodes to its camera's size. Blobs whose locators the fast check
   found outside the shards are not read (a flipped length bit could ask for terabytes); they are
   listed in a note.
+- depth plausibility (fast and ``--full``): up to 16 depth maps spread evenly over the database are
+  decoded with the manifest's ``depth_scale_m``; when the median of their median valid depths lies
+  outside a street-scale range (:data:`STREET_DEPTH_RANGE_M`) the depth scale is listed as
+  SUSPECT. This catches a depth scale edited x100 or /100 in a database written before the parts
+  recorded their settings, where nothing else can.
 
 Checksums a database written before they existed does not have are reported as "not recorded",
 never as damage.
@@ -58,9 +63,22 @@ try:  # the writer's advisory lock: repair must not run beside a writer
 except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Finding", "RepairReport", "VerifyReport", "repair", "verify"]
+__all__ = [
+    "STREET_DEPTH_RANGE_M",
+    "Finding",
+    "RepairReport",
+    "VerifyReport",
+    "depth_scale_problem",
+    "repair",
+    "verify",
+]
 
 _TASK_BYTES = 32 << 20  # blob bytes per --full task: enough tasks to keep every worker busy
+# Median valid depth of street views (metres) seen as plausible. Street scenes have medians of a
+# few metres to a few tens (the town: 3-11 m per view), so a scale x100 (hundreds of metres) or
+# /100 (centimetres) falls outside with a wide margin either way.
+STREET_DEPTH_RANGE_M = (0.3, 200.0)
+_DEPTH_SAMPLE = 16  # depth maps decoded by verify's plausibility check
 
 
 # --- reports --------------------------------------------------------------------------------------
@@ -89,6 +107,8 @@ class VerifyReport:
         root: The database folder.
         full: Whether every blob was checked.
         damaged: What is damaged (empty: nothing found).
+        suspect: Values that cannot be right though no checksum says so (a depth scale whose
+            depths are not street-scale).
         not_recorded: Checks that could not be made because the database predates their
             checksums (``"SHA-256 of 3 part files"``).
         notes: Harmless observations (uncommitted bytes an interrupted writer left).
@@ -102,6 +122,7 @@ class VerifyReport:
     root: Path
     full: bool
     damaged: list[Finding] = field(default_factory=list)
+    suspect: list[Finding] = field(default_factory=list)
     not_recorded: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     parts: int = 0
@@ -112,8 +133,8 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        """True when nothing damaged was found."""
-        return not self.damaged
+        """True when nothing damaged or suspect was found."""
+        return not self.damaged and not self.suspect
 
     def damaged_views(self) -> list[int]:
         """Ids of the views found damaged (from ``view N ...`` findings), sorted."""
@@ -131,12 +152,15 @@ class VerifyReport:
         out += [f"DAMAGED {f}" for f in self.damaged[:limit]]
         if len(self.damaged) > limit:
             out.append(f"... and {len(self.damaged) - limit} more damaged")
+        out += [f"SUSPECT {f}" for f in self.suspect]
         out += [
             f"not recorded: {n} (written before checksums; cannot check)" for n in self.not_recorded
         ]
         out += [f"note: {n}" for n in self.notes]
         if self.ok:
             out.append("OK: nothing damaged found")
+        elif not self.damaged:
+            out.append(f"{len(self.suspect)} suspect: see the advice above")
         else:
             out.append(
                 f"{len(self.damaged)} damaged: restore the files named from a backup; views "
@@ -229,6 +253,7 @@ def verify(
         _verify_shards(root, manifest, report)
         if blobs.size:
             _verify_overlaps(blobs, report)
+            _verify_depth_scale(root, manifest, blobs, report)
         if full:
             _note_rejected(rejected, report)
             _verify_blobs(root, manifest, blobs, report, workers, progress)
@@ -588,6 +613,60 @@ class _BlobChecker:
             return str(exc)
         del array
         return None
+
+
+def _verify_depth_scale(
+    root: Path, manifest: fmt.Manifest, blobs: np.ndarray, report: VerifyReport
+) -> None:
+    """Decode a deterministic sample of depth maps and list the depth scale as SUSPECT when
+    their depths are not street-scale (blobs that do not read or decode are skipped: the other
+    checks report them)."""
+    depth = blobs[(blobs[:, 1] == 1) & (blobs[:, 4] > 0)]
+    if not depth.size:
+        return  # an index-only database: no depth to judge
+    depth = depth[np.argsort(depth[:, 0], kind="stable")]
+    rows = depth[np.unique(np.linspace(0, len(depth) - 1, _DEPTH_SAMPLE).round().astype(int))]
+    medians = []
+    for view_id, _, shard, offset, length, _ in (tuple(int(v) for v in r) for r in rows):
+        file = root / manifest.shards[shard].path
+        try:
+            with open(file, "rb", buffering=0) as f:
+                data = os.pread(f.fileno(), length, offset)
+            array = fmt.decode_depth(data, manifest.depth_scale_m, f"view {view_id}")
+        except (OSError, CorruptImageError):
+            continue
+        valid = array[array > 0]
+        if valid.size:
+            medians.append(float(np.median(valid)))
+    problem = depth_scale_problem(medians, manifest.depth_scale_m)
+    if problem:
+        report.suspect.append(Finding(f"{fmt.MANIFEST_NAME} depth_scale_m", problem))
+
+
+def depth_scale_problem(medians: list[float], scale_m: float) -> str | None:
+    """Why the depth scale cannot be right, or ``None`` if the depths look street-scale.
+
+    Args:
+        medians: The median valid depth (metres) of each sampled depth map.
+        scale_m: The manifest's ``depth_scale_m`` the depths were decoded with.
+
+    Returns:
+        A message naming the scale, the observed median and what to do; ``None`` when there is
+        nothing to judge or the median of ``medians`` lies in :data:`STREET_DEPTH_RANGE_M`.
+    """
+    if not medians:
+        return None
+    median = float(np.median(medians))
+    low, high = STREET_DEPTH_RANGE_M
+    if low <= median <= high:
+        return None
+    return (
+        f"expected street-scale depths (a median valid depth of {low:g}..{high:g} m), got "
+        f"{median:.4g} m over {len(medians)} sampled depth maps decoded with depth_scale_m "
+        f"{scale_m:g}: the depth scale was probably edited (restore manifest.json from a backup, "
+        "or set depth_scale_m back to the value the database was written with: 0.01 unless "
+        "ingested with another) or the depths were ingested in the wrong unit (re-ingest)"
+    )
 
 
 def _blob_name(row: np.ndarray) -> str:
