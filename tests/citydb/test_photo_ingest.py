@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import struct
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -36,6 +40,7 @@ DISTORTION = (-0.08, 0.02, 0.0, 0.0, 0.0)  # OpenCV k1, k2, p1, p2, k3: mild bar
 GPS_SIGMA_M = 0.3
 WOBBLE_DEG = 10.0
 ALTITUDE = 30.0  # metres above sea level of the first photo's camera
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _dms(value: float) -> tuple[float, float, float]:
@@ -300,6 +305,87 @@ def test_town_photos_give_gps_positions_motion_headings_and_pinhole_views(town_p
         assert view.metadata.capture_time == T0 + timedelta(seconds=2 * k)  # +09:00 -> UTC
 
 
+# --- heights through a geoid grid that PROJ reads --------------------------------------------
+UNDULATION_M = 25.0  # the synthetic geoid's constant N (about Seoul's real one)
+
+
+def write_gtx(path: Path, undulation_m: float, step_deg: float = 10.0) -> None:
+    """A world-wide GTX geoid grid of constant ``undulation_m``: PROJ's vertical grid format.
+
+    40-byte big-endian header (south lat, west lon, lat step, lon step as float64; rows, cols as
+    int32), then rows x cols big-endian float32 undulations, south row first.
+    """
+    rows, cols = int(180 / step_deg) + 1, int(360 / step_deg) + 1
+    header = struct.pack(">4d2i", -90.0, -180.0, step_deg, step_deg, rows, cols)
+    path.write_bytes(header + np.full((rows, cols), undulation_m, ">f4").tobytes())
+
+
+def _exif_altitude(path: Path) -> float:
+    gps = Image.open(path).getexif().get_ifd(ExifTags.IFD.GPSInfo)
+    return float(gps[6]) * (-1.0 if gps.get(5) == b"\x01" else 1.0)
+
+
+@pytest.fixture
+def geoid_grid(tmp_path, monkeypatch):
+    """An EGM96 grid (old GTX name) in a folder added to PROJ's search path, removed after.
+
+    The user data folder is pointed at an empty folder so a real grid installed on the machine
+    cannot answer instead; both are restored (and PROJ's context re-read) afterwards.
+    """
+    import pyproj.datadir
+
+    grids, empty = tmp_path / "grids", tmp_path / "user-proj"
+    grids.mkdir(), empty.mkdir()
+    write_gtx(grids / "egm96_15.gtx", UNDULATION_M)
+    before = pyproj.datadir.get_data_dir()
+    monkeypatch.setenv("PROJ_USER_WRITABLE_DIRECTORY", str(empty))
+    pyproj.datadir.append_data_dir(str(grids))
+    try:
+        yield grids / "egm96_15.gtx"
+    finally:
+        monkeypatch.undo()
+        pyproj.datadir.set_data_dir(before)
+
+
+def test_altitudes_go_through_an_installed_geoid_grid(town_photos, geoid_grid, tmp_path):
+    """Heights = EXIF altitude + the grid's undulation; the summary names the grid file."""
+    from cityenv.citydb.photos import GeoidModel
+
+    folder, _, _, frame = town_photos
+    with pytest.warns(DepthlessViewWarning):
+        report = ingest_photos(folder, tmp_path / "db", city="town", frame=frame, progress=False)
+    assert f"EGM96 geoid (pyproj, grid {geoid_grid})" in report.summary()
+    db = CityDB.open(tmp_path / "db")
+    assert len(db) == 10
+    for i in range(len(db)):
+        meta = db.metadata(i)
+        altitude = _exif_altitude(folder / meta.panorama_id)
+        assert meta.height == pytest.approx(altitude + UNDULATION_M, abs=1e-3)
+    # the grid gave the 25 m: without its folder the altitudes are taken as ellipsoidal heights
+    import pyproj.datadir
+
+    pyproj.datadir.set_data_dir(pyproj.datadir.get_data_dir().split(os.pathsep)[0])
+    h, note = GeoidModel().to_ellipsoidal(np.array([37.5]), np.array([127.0]), np.array([10.0]))
+    assert h[0] == 10.0 and note.startswith("no geoid grid is installed")
+
+
+def test_the_user_data_folder_variable_points_the_cli_at_a_grid(tmp_path):
+    """``PROJ_USER_WRITABLE_DIRECTORY`` (documented for the command line) makes PROJ find it."""
+    write_gtx(tmp_path / "egm96_15.gtx", UNDULATION_M)
+    code = (
+        "import json; from cityenv.citydb.photos import GeoidModel; "
+        "h, note = GeoidModel().to_ellipsoidal([37.5], [127.0], [10.0]); "
+        "print(json.dumps([float(h[0]), note]))"
+    )
+    env = {**os.environ, "PROJ_USER_WRITABLE_DIRECTORY": str(tmp_path)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    h, note = json.loads(out.stdout)
+    assert h == pytest.approx(10.0 + UNDULATION_M) and str(tmp_path / "egm96_15.gtx") in note
+
+
 def test_a_photo_csv_adds_the_lens_and_the_views_are_undistorted(town_photos, tmp_path):
     """EXIF has no distortion field: a CSV (UTF-8 with a BOM, as spreadsheets save it) gives it."""
     folder, truth, camera, frame = town_photos
@@ -366,6 +452,8 @@ def test_sfm_on_the_town_is_rejected_or_skipped_and_gps_poses_kept(town_photos, 
 
 
 def test_the_environment_runs_on_ingested_photos(town_photos, tiny_depth_anything, tmp_path):
+    """An episode starts at an ingested view, drives along the photos' street, and every frame
+    is drawn from the ingested views (references retrieved, not blank)."""
     import gymnasium as gym
 
     import cityenv  # noqa: F401  (registers the IDs)
@@ -377,12 +465,33 @@ def test_the_environment_runs_on_ingested_photos(town_photos, tiny_depth_anythin
         depth_options={"model": tiny_depth_anything, "align": "none", "input_size": 56},
     )  # fmt: skip
     assert report.without_depth == 0
-    env = gym.make("CityWorld-Seoul-v0", city_db=tmp_path / "db", width=64, height=64)
+    db = CityDB.open(tmp_path / "db")
+    ingested = {db.metadata(i).panorama_id for i in range(len(db))}
+    first = next(i for i in range(len(db)) if db.metadata(i).panorama_id == "IMG_0001.jpg")
+    start = db.pose(first)
+    env = gym.make(
+        "CityWorld-Seoul-v0", city_db=db, width=64, height=64, full_info=True, chunk_length=4
+    )
     try:
-        obs, info = env.reset(seed=0)
-        for _ in range(2):
-            obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
-        assert np.isfinite(reward)
+        obs, info = env.reset(seed=0, options={"start": start})
+        # the start is the view's place and heading (at street height)
+        assert np.linalg.norm(obs["pose"][:2] - start.position[:2]) < 1e-3
+        assert _heading_error(info["pose"].heading_deg, start.heading_deg) < 1e-3
+        assert info["references_used"] > 0
+        for _ in range(3):  # straight ahead, along the photographed lane
+            obs, reward, terminated, truncated, info = env.step(0)
+            assert np.isfinite(reward)
+            assert info["references_used"] > 0
+            references = info["retrieval"].references
+            # the photos taken along this stretch of the lane (a few metres away) are the ones used
+            used = {db.metadata(r.view_id).panorama_id for r in references}
+            assert used and used <= ingested, used
+            assert min(r.distance for r in references) < 3.0  # photos are 4 m apart
+            frames = obs["frames"]
+            assert frames.shape == (64, 64, 3)
+            # drawn from the photos: mostly covered, with texture (not one flat colour)
+            assert (frames.max(-1) > 0).mean() > 0.5 and frames.std() > 5.0
+        assert info["metres_travelled"] > 3.0
     finally:
         env.close()
 

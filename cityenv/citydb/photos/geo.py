@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from pyproj.transformer import TransformerGroup
+from pyproj.transformer import Transformer, TransformerGroup
 
 __all__ = [
     "GeoidModel",
@@ -42,6 +42,10 @@ class GeoidModel:
     Args:
         undulation_m: A constant geoid undulation N (``h = H + N``) to use instead of a grid;
             ``None`` = look for a pyproj geoid grid and assume N = 0 where there is none.
+            PROJ looks for the grid by name (``us_nga_egm08_25.tif`` or ``egm08_25.gtx``, then
+            ``us_nga_egm96_15.tif`` or ``egm96_15.gtx``) in its search folders: the user data
+            folder (``PROJ_USER_WRITABLE_DIRECTORY``) and folders added with
+            :func:`pyproj.datadir.append_data_dir`.
     """
 
     undulation_m: float | None = None
@@ -66,15 +70,30 @@ class GeoidModel:
                 warnings.simplefilter("ignore", UserWarning)
                 group = TransformerGroup(crs, "EPSG:4979", always_xy=True)
             if group.best_available and group.transformers:
-                _, _, h = group.transformers[0].transform(lon, lat, altitude)
+                transformer = group.transformers[0]
+                _, _, h = transformer.transform(lon, lat, altitude)
                 h = np.asarray(h, dtype=np.float64)
                 if np.all(np.isfinite(h)):
-                    return h, f"altitudes above sea level converted with the {name} geoid (pyproj)"
+                    grids = ", ".join(_grid_files(transformer)) or "no grid file"
+                    return h, (
+                        f"altitudes above sea level converted with the {name} geoid (pyproj, "
+                        f"grid {grids})"
+                    )
         return altitude, (
             "no geoid grid is installed for pyproj (pyproj sync --file us_nga_egm08_25.tif, or "
             "pass a geoid undulation): altitudes above sea level were taken as WGS84 ellipsoidal "
             "heights (geoid undulation assumed 0 m; the real one is -107..+85 m)"
         )
+
+
+def _grid_files(transformer: Transformer) -> list[str]:
+    """Paths of the grid files PROJ opened for ``transformer`` (its name where no path is known).
+
+    The path says which file was used when several search directories hold one (``PROJ_DATA``,
+    :func:`pyproj.datadir.append_data_dir`, the user data folder ``pyproj sync`` fills).
+    """
+    operations = transformer.operations or ()
+    return [g.full_name or g.short_name for op in operations for g in op.grids if g.available]
 
 
 def angle_difference(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
