@@ -27,8 +27,9 @@ from cityenv.envs.town import TownSpec
 
 generate = carla_tools.generate.generate
 
-def slow_generate(settings):  # the build stays inside the generator until interrupted
+def slow_generate(settings):  # the build stays inside _build until interrupted
     generate(settings)
+    (settings.out / "generated").touch()  # the test interrupts from here on
     time.sleep(600)
 
 carla_tools.generate.generate = slow_generate
@@ -60,10 +61,10 @@ def test_an_interrupted_build_removes_its_temporary_folder(tmp_path):
     }
     proc = subprocess.Popen([sys.executable, "-c", BUILD, str(target)], env=env, cwd=ROOT)
     deadline = time.monotonic() + 240
-    while not list(tmp_path.glob(".citydb.tmp-*")) and time.monotonic() < deadline:
-        assert proc.poll() is None, "the build ended before its temporary folder appeared"
+    while not list(tmp_path.glob(".citydb.tmp-*/generated")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the build ended before its temporary folder was filled"
         time.sleep(0.05)
-    assert list(tmp_path.glob(".citydb.tmp-*")), "no temporary folder appeared in 240 s"
+    assert list(tmp_path.glob(".citydb.tmp-*/generated")), "no temporary folder filled in 240 s"
     proc.send_signal(signal.SIGINT)  # KeyboardInterrupt inside the build
     assert proc.wait(timeout=120) != 0
     assert not list(tmp_path.glob(".citydb.tmp-*"))
