@@ -20,7 +20,8 @@ from cityenv.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 
 BUILD = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job inherits SIG_IGN
 import carla_tools.generate
 from carla_tools.town_db import build_town_db
 from cityenv.envs.town import TownSpec
