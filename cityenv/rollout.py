@@ -16,6 +16,7 @@ or a value of the wrong type is refused). The first run builds the town's street
     python -m cityenv.rollout
     python -m cityenv.rollout width=128 height=128 out=/tmp/run max_steps=10
     python -m cityenv.rollout scenario=my_route.yaml action_mode=velocity rrd=false
+    python -m cityenv.rollout world_model=diffusion   # the shipped town model, at its 128 x 128
     python -m cityenv.rollout world_model=diffusion world_model_options.preset=tiny chunk_length=8
 
 A typed error (a bad key, a missing file, a scenario that does not fit) prints its message and
@@ -101,8 +102,9 @@ class RolloutConfig:
             ``world_model_options``; for ``diffusion``: ``path`` of a saved model, ``preset``
             of random weights, ``seed``, ``device``, and overrides of the model's settings,
             which need a ``+`` on the command line); ``None`` values are left out.
-        width: Frame width, pixels.
-        height: Frame height, pixels.
+        width: Frame width, pixels; ``None`` = the env's: the world model's own size (a
+            trained diffusion model's training size, 128 for the shipped town model), else 256.
+        height: Frame height, pixels; ``None`` as for ``width``.
         fov_deg: Horizontal field of view, degrees.
         chunk_length: Frames per environment step.
         fps: Camera frames per second (and the video's).
@@ -125,8 +127,8 @@ class RolloutConfig:
     town: TownSpec = field(default_factory=TownSpec)
     world_model: str = "warp"
     world_model_options: dict[str, Any] = field(default_factory=_default_world_model_options)
-    width: int = 256
-    height: int = 256
+    width: int | None = None
+    height: int | None = None
     fov_deg: float = 90.0
     chunk_length: int = 12
     fps: float = 10.0
@@ -333,8 +335,10 @@ def summarize(
     scenario: Scenario,
     result: ScenarioResult,
     times: dict[str, float],
+    resolution: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """The JSON summary of a rollout."""
+    """The JSON summary of a rollout; ``resolution`` is the ``(width, height)`` the env used
+    (default: the config's)."""
     refs = np.asarray(result.references_used, np.float64)
     outputs = {"summary": "summary.json"}
     if config.video:
@@ -349,7 +353,7 @@ def summarize(
         "action_mode": scenario.action_mode,
         "world_model": config.world_model,
         "world_model_options": _world_model_options(config),
-        "resolution": [config.width, config.height],
+        "resolution": list(resolution or (config.width, config.height)),
         "chunk_length": config.chunk_length,
         "fps": config.fps,
         "steps": result.steps,
@@ -400,6 +404,7 @@ def _rollout(config: RolloutConfig) -> dict[str, Any]:
     scenario = _resolved(config, load_scenario(scenario_path(config.scenario)))
     config.out.mkdir(parents=True, exist_ok=True)
     env = make_env(config, scenario)
+    camera = env.unwrapped.camera  # the size used: the config's, or the world model's own
     setup_s = time.perf_counter() - start
     video = VideoWriter(config.out / "rollout.mp4", config.fps) if config.video else None
     try:
@@ -417,7 +422,7 @@ def _rollout(config: RolloutConfig) -> dict[str, Any]:
         env.close()
     wall_s = time.perf_counter() - start
     times = {"wall_s": wall_s, "setup_s": setup_s, "rollout_s": wall_s - setup_s}
-    summary = summarize(config, scenario, result, times)
+    summary = summarize(config, scenario, result, times, (camera.width, camera.height))
     (config.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

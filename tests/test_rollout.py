@@ -199,3 +199,37 @@ def test_an_unknown_agent_is_named(tmp_path: Path) -> None:
 
     with pytest.raises(UnknownNameError, match=r"got 'route_folower'\. Did you mean 'route_fo"):
         load_config({"out": str(tmp_path), "agent": "route_folower"})
+
+
+def test_width_unset_takes_the_models_own_size(tmp_path: Path, monkeypatch) -> None:
+    """A saved model that records its 48 x 32 training frames: the rollout runs at that size
+    when width and height are unset (the defaults), and the summary records the size used."""
+    from cityenv.rollout import rollout
+    from cityenv.worldmodel.checkpoint import TrainedOn
+    from cityenv.worldmodel.diffusion import DiffusionWorldModel
+
+    monkeypatch.setenv("CITYENV_CACHE", str(tmp_path / "cache"))
+    model = DiffusionWorldModel.from_preset("tiny", device="cpu")
+    model.trained = TrainedOn(frame_size=(48, 32), chunk_frames=8)
+    folder = model.save_pretrained(tmp_path / "wm")
+    scenario = tmp_path / "quiet.yaml"
+    scenario.write_text("name: quiet\nstart: 0\naction_mode: velocity\nmax_steps: 1\n")
+    config = RolloutConfig(
+        scenario=str(scenario),
+        out=tmp_path / "run",
+        town=TownSpec(blocks=[1, 1], size=64),
+        world_model="diffusion",
+        world_model_options={"path": str(folder), "device": "cpu", "num_inference_steps": 1},
+        chunk_length=8,
+        rrd=False,
+        progress=False,
+    )
+    assert (config.width, config.height) == (None, None)
+    summary = rollout(config)
+    assert summary["resolution"] == [48, 32]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["resolution"] == [48, 32]
+    import imageio.v2 as imageio
+
+    reader = imageio.get_reader(tmp_path / "run" / "rollout.mp4")
+    assert reader.get_data(0).shape == (32, 48, 3)
+    reader.close()

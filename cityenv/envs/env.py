@@ -75,6 +75,9 @@ _FAR = 1.0e6  # metres: bound of ENU coordinates in the observation (a city is f
 DEFAULT_REFERENCE_HEIGHT_M = 2.5
 """Camera height above the road assumed when the database's depths cannot tell."""
 
+DEFAULT_FRAME_SIZE = (256, 256)
+"""``(width, height)`` of the frames when neither the caller nor the world model sets them."""
+
 
 @dataclass(eq=False)
 class StepRecord:
@@ -118,8 +121,10 @@ class CityWorldEnv(gym.Env):
             ``"diffusion"``: ``path`` of a saved model, or ``preset`` + ``seed`` for random
             weights, ``device``, and :class:`~cityenv.worldmodel.settings.SamplingSettings`
             overrides).
-        width: Frame width, pixels.
-        height: Frame height, pixels.
+        width: Frame width, pixels; ``None`` = the world model's own
+            (:attr:`~cityenv.worldmodel.base.WorldModel.native_size`: the size a trained
+            diffusion model was trained on), else :data:`DEFAULT_FRAME_SIZE` (256).
+        height: Frame height, pixels; ``None`` as for ``width``.
         fov_deg: Horizontal field of view, degrees.
         chunk_length: Frames per step ``L``.
         fps: Frame rate of the chunks.
@@ -165,8 +170,8 @@ class CityWorldEnv(gym.Env):
         city: str | None = None,
         world_model: str | WorldModel | Callable[[], WorldModel] = "warp",
         world_model_options: Mapping[str, Any] | None = None,
-        width: int = 256,
-        height: int = 256,
+        width: int | None = None,
+        height: int | None = None,
         fov_deg: float = 90.0,
         chunk_length: int = 12,
         fps: float = 10.0,
@@ -208,7 +213,6 @@ class CityWorldEnv(gym.Env):
         self.render_mode = render_mode
         self.db = _open_db(city_db, city, town_spec, _build_progress(town))
         self.road_graph = RoadGraph.from_citydb(self.db, link_radius_m=link_radius_m)
-        self.camera = PinholeCamera.from_fov(int(width), int(height), float(fov_deg))
         self.chunk_length, self.fps = int(chunk_length), float(fps)
         self.metadata = {**self.metadata, "render_fps": self.fps}
         self.action_mode, self.observe, self.full_info = action_mode, observe, bool(full_info)
@@ -217,6 +221,8 @@ class CityWorldEnv(gym.Env):
         self.world_model = _make_world_model(
             world_model, _world_model_options(world_model, city, town_spec, world_model_options)
         )
+        width, height = _frame_size(width, height, self.world_model)
+        self.camera = PinholeCamera.from_fov(width, height, float(fov_deg))
         self.world_model.check_settings(self.camera, self.chunk_length)
         self.retriever, self.retrieval_k, self.exclude_traversals = _retriever(self.db, retrieval)
         self.loader = ReferenceLoader(self.db)
@@ -644,6 +650,16 @@ def _adapter(
         else {"max_speed": max_speed}
     )
     return make_action_adapter(mode, chunk_length, fps, **{**defaults, **dict(options or {})})
+
+
+def _frame_size(width: Any, height: Any, world_model: WorldModel) -> tuple[int, int]:
+    """The frame size: the given sides, the unset (``None``) ones from the world model's
+    :attr:`~cityenv.worldmodel.base.WorldModel.native_size` or :data:`DEFAULT_FRAME_SIZE`."""
+    native = world_model.native_size or DEFAULT_FRAME_SIZE
+    return (
+        int(native[0] if width is None else width),
+        int(native[1] if height is None else height),
+    )
 
 
 def _world_model_options(

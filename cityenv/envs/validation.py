@@ -126,7 +126,8 @@ def check_env_arguments(
     """Check the numbers and option mappings of ``CityWorldEnv.__init__`` before anything is built.
 
     Args:
-        width, height: Whole numbers in ``[1, MAX_FRAME_SIDE]``.
+        width, height: Whole numbers in ``[1, MAX_FRAME_SIDE]``, or ``None`` (the world
+            model's own size, resolved by the environment).
         chunk_length: A whole number >= 1.
         fov_deg: Degrees in ``(0, 180)``.
         fps, max_speed, link_radius_m, start_radius_m: Finite numbers > 0.
@@ -140,7 +141,7 @@ def check_env_arguments(
     """
     whole_number("chunk_length", chunk_length)
     for name, value in (("width", width), ("height", height)):
-        if whole_number(name, value) > MAX_FRAME_SIDE:
+        if value is not None and whole_number(name, value) > MAX_FRAME_SIDE:
             raise InvalidOptionError(
                 f"{name} must be a frame size in pixels <= {MAX_FRAME_SIDE}, got {value!r}; "
                 "pass e.g. 256 (larger frames would not fit in memory)."

@@ -19,6 +19,7 @@ from cityenv.train.loop import LoopSettings, Trainer, TrainResult, list_collate
 from cityenv.train.parallel import ParallelBackend
 from cityenv.train.tasks import ObjectiveSettings, TransformerTask, VAETask, vae_clip
 from cityenv.train.validate import ValidationSettings, Validator
+from cityenv.worldmodel.checkpoint import TrainedOn
 from cityenv.worldmodel.diffusion import DiffusionWorldModel
 
 __all__ = ["build_data", "build_model", "build_validator", "run"]
@@ -100,7 +101,18 @@ def _task(
         )
     drops = {"text": o.drop_text, "references": o.drop_references, "warp": o.drop_warp}
     objective = ObjectiveSettings(drops, o.timestep_shift, o.gradient_checkpointing)
-    return TransformerTask(model, objective)
+    return TransformerTask(model, objective, _trained_on(data))
+
+
+def _trained_on(data: TrainPairs | CachedPairs | None) -> TrainedOn | None:
+    """The data's frame size and chunk length, which the exported model records."""
+    pairs = getattr(data, "pairs", None) or data  # the pairs behind a latent cache
+    if not isinstance(pairs, TrainPairs):
+        return None
+    return TrainedOn(
+        frame_size=(int(pairs.size[0]), int(pairs.size[1])),
+        chunk_frames=int(pairs.settings.chunk_frames),
+    )
 
 
 CALIBRATION_CLIPS = 32

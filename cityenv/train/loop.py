@@ -81,8 +81,11 @@ class TrainTask(Protocol):
         """The mean loss of a batch (``batch["seed"]`` holds each sample's seed)."""
         ...
 
-    def export(self, folder: Path, weights: Mapping[str, torch.Tensor]) -> None:
-        """Write the user-facing model folder with ``weights`` (the EMA's, or the raw ones)."""
+    def export(
+        self, folder: Path, weights: Mapping[str, torch.Tensor], *, step: int | None = None
+    ) -> None:
+        """Write the user-facing model folder with ``weights`` (the EMA's, or the raw ones)
+        after ``step`` optimiser steps (``None``: not known, e.g. a validation pass)."""
         ...
 
 
@@ -277,7 +280,8 @@ class Trainer:
         weights = ema
 
         def export(folder: Path) -> None:
-            self.task.export(folder, weights if weights is not None else self._full_weights())
+            full = weights if weights is not None else self._full_weights()
+            self.task.export(folder, full, step=self.step)
 
         return self.checkpoints.save(
             self.step, self.module, self.optimizer, trainer, ema=ema, export=export

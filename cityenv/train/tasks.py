@@ -9,12 +9,16 @@
   (reconstruction + KL), for presets without a pretrained VAE.
 
 ``export`` writes the user-facing world-model folder (``DiffusionWorldModel.from_pretrained``)
-with the given weights (the EMA's), built from copies so training is never disturbed.
+with the given weights (the EMA's), built from copies so training is never disturbed. The
+transformer stage's folder records what it was trained on (``"trained"``:
+:class:`~cityenv.worldmodel.checkpoint.TrainedOn`: the data's frame size and chunk length, the
+stage and its step), so the model refuses other sizes and makes frames of its own by default.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +33,7 @@ from cityenv.errors import ConfigError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose
 from cityenv.train.data import TrainingDataError
-from cityenv.worldmodel.checkpoint import save_folder
+from cityenv.worldmodel.checkpoint import TrainedOn, save_folder
 from cityenv.worldmodel.conditioning import ChunkSequence, Conditioner, RayMaker, to_video
 from cityenv.worldmodel.diffusion import DiffusionWorldModel
 from cityenv.worldmodel.dit import cast_keeping_fp32
@@ -81,10 +85,19 @@ class TransformerTask:
         model: The world model (its transformer is trained in place; the other parts are used
             frozen). Training runs on ``model.device``.
         objective: Drop rates, timestep shift, activation checkpointing.
+        data: What the training data is: its frame size and chunk length (the training app's
+            :class:`~cityenv.train.data.TrainPairs`), recorded by :meth:`export`. ``None``:
+            only the model's chunk length (``settings.chunk_frames``) is recorded.
     """
 
-    def __init__(self, model: DiffusionWorldModel, objective: ObjectiveSettings) -> None:
+    def __init__(
+        self,
+        model: DiffusionWorldModel,
+        objective: ObjectiveSettings,
+        data: TrainedOn | None = None,
+    ) -> None:
         self.model, self.objective = model, objective
+        self.data = data or TrainedOn(chunk_frames=model.settings.chunk_frames)
         self.module = model.transformer
         self.module.train()
         if objective.gradient_checkpointing:
@@ -193,8 +206,11 @@ class TransformerTask:
         )
         return sequence, t["targets"]
 
-    def export(self, folder: Path, weights: Mapping[str, torch.Tensor]) -> None:
-        """Write the world-model folder with ``weights`` as the transformer's."""
+    def export(
+        self, folder: Path, weights: Mapping[str, torch.Tensor], *, step: int | None = None
+    ) -> None:
+        """Write the world-model folder with ``weights`` as the transformer's, recording the
+        data's frame size and chunk length, the stage and ``step`` (``"trained"``)."""
         base = _unwrap(self.module)
         transformer = type(base).from_config(base.config)  # fresh: the trained one may be sharded
         transformer.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
@@ -209,6 +225,7 @@ class TransformerTask:
             scheduler=m.scheduler,
             settings=m.settings,
             text_encoder=m.text_encoder.spec,
+            trained=dataclasses.replace(self.data, stage="transformer", steps=step),
         )
 
 
@@ -292,8 +309,15 @@ class VAETask:
             clip = clip[:, y : y + self.crop, x : x + self.crop]
         return np.ascontiguousarray(clip)
 
-    def export(self, folder: Path, weights: Mapping[str, torch.Tensor]) -> None:
-        """Write the world-model folder with ``weights`` (of ``vae.*``) as the VAE's."""
+    def export(
+        self, folder: Path, weights: Mapping[str, torch.Tensor], *, step: int | None = None
+    ) -> None:
+        """Write the world-model folder with ``weights`` (of ``vae.*``) as the VAE's.
+
+        The model's ``"trained"`` record is kept as it was: it describes the transformer, which
+        this stage leaves alone (a VAE trained from a preset records nothing; the VAE itself is
+        convolutional and works at any multiple of its ratio). ``step`` is not recorded.
+        """
         m = self.model
         vae = copy.copy(m.vae)
         vae.vae = type(self.module.vae).from_config(self.module.vae.config)
@@ -309,6 +333,7 @@ class VAETask:
             scheduler=m.scheduler,
             settings=m.settings,
             text_encoder=m.text_encoder.spec,
+            trained=m.trained,
         )
 
 

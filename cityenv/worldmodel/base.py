@@ -124,6 +124,13 @@ class WorldModel(ABC):
         The default accepts everything.
         """
 
+    @property
+    def native_size(self) -> tuple[int, int] | None:
+        """``(width, height)`` of the frames this model is made for, or ``None`` when any size
+        does (the environment then uses its default, 256 x 256). A trained model returns the
+        size it was trained on: the environment's ``width=None``/``height=None`` take it."""
+        return None
+
     def set_prompt(self, prompt: str | None) -> None:
         """Change the text prompt from the next chunk on (models that ignore prompts keep it)."""
         self.prompt = prompt

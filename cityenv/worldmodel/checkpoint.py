@@ -4,7 +4,9 @@ A model folder holds::
 
     config.json     {"_class_name": "DiffusionWorldModel",
                      "sampling": {SamplingSettings fields},
-                     "text_encoder": {make_text_encoder arguments: kind, path, max_length, ...}}
+                     "text_encoder": {make_text_encoder arguments: kind, path, max_length, ...},
+                     "trained": {"frame_size": [W, H], "chunk_frames": L,    (optional)
+                                 "stage": "transformer", "steps": N}}
     transformer/    CityDiT (diffusers config.json + safetensors)
     vae/            AutoencoderKLWan (diffusers config.json + safetensors)
     scheduler/      FlowMatchEulerDiscreteScheduler (scheduler_config.json)
@@ -12,6 +14,11 @@ A model folder holds::
 The text encoder is not copied: its kind and local path are recorded. Folders written before the
 settings were renamed ``SamplingSettings`` say ``"rollout"`` for ``"sampling"``; they load the
 same. Weights are read from safetensors only: a folder holding pickled weights is refused.
+
+``"trained"`` (:class:`TrainedOn`) records what the model was trained on; the training app writes
+it. A model that records a frame size or a chunk length refuses others
+(:meth:`~cityenv.worldmodel.diffusion.DiffusionWorldModel.check_settings`) and makes frames of its
+own size by default. Folders without it (random presets, older saves) load as before.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +34,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from safetensors import safe_open
 
-from cityenv.errors import CheckpointError, ConfigError, TextEncoderNotFoundError
+from cityenv.errors import CheckpointError, ConfigError, TextEncoderNotFoundError, unknown_name
 from cityenv.worldmodel.dit import CityDiT
 from cityenv.worldmodel.settings import SamplingSettings
 from cityenv.worldmodel.text import LazyTextEncoder
@@ -35,6 +42,7 @@ from cityenv.worldmodel.vae import PICKLED_WEIGHT_SUFFIXES, VideoVAE
 
 __all__ = [
     "ModelFolder",
+    "TrainedOn",
     "check_weights",
     "load_folder",
     "refuse_pickles",
@@ -44,6 +52,108 @@ __all__ = [
 
 CONFIG_FILE = "config.json"
 _SETTINGS_KEYS = ("sampling", "rollout")  # current name first; "rollout" in older folders
+TRAINED_KEY = "trained"
+
+
+@dataclass(frozen=True)
+class TrainedOn:
+    """What a model was trained on: the ``"trained"`` entry of its folder's ``config.json``.
+
+    Each fact is optional (``None``: not recorded). A model that records ``frame_size`` or
+    ``chunk_frames`` refuses other frame sizes and chunk lengths.
+
+    Attributes:
+        frame_size: ``(width, height)`` of the training frames, pixels.
+        chunk_frames: Frames per training chunk (the model's chunk length ``L``).
+        stage: The training stage that trained the transformer (``"transformer"``).
+        steps: Optimiser steps of that stage when the folder was written.
+    """
+
+    frame_size: tuple[int, int] | None = None
+    chunk_frames: int | None = None
+    stage: str | None = None
+    steps: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON entry: the recorded facts only (``frame_size`` as ``[W, H]``)."""
+        out: dict[str, Any] = {}
+        if self.frame_size is not None:
+            out["frame_size"] = [int(v) for v in self.frame_size]
+        if self.chunk_frames is not None:
+            out["chunk_frames"] = int(self.chunk_frames)
+        if self.stage is not None:
+            out["stage"] = str(self.stage)
+        if self.steps is not None:
+            out["steps"] = int(self.steps)
+        return out
+
+    @classmethod
+    def from_mapping(cls, values: Any, *, where: str | Path = CONFIG_FILE) -> TrainedOn:
+        """Read a ``"trained"`` entry strictly (``null`` values count as not recorded).
+
+        Args:
+            values: The entry.
+            where: The file it comes from, for messages.
+
+        Raises:
+            CheckpointError: If it is not a mapping, has an unknown key ("Did you mean"), or a
+                value of the wrong kind: ``frame_size`` two whole numbers >= 1, ``chunk_frames``
+                a whole number >= 1, ``stage`` a non-empty string, ``steps`` a whole number
+                >= 0. The message names the file and the key.
+        """
+        if not isinstance(values, Mapping):
+            raise CheckpointError(
+                f"{where}: {TRAINED_KEY!r} must be a mapping (frame_size, chunk_frames, stage, "
+                f"steps), got {type(values).__name__} {values!r}; fix it or remove the entry."
+            )
+        known = [f.name for f in fields(cls)]
+        for key in values:
+            if key not in known:
+                raise unknown_name(
+                    f"{where}: {TRAINED_KEY!r} key",
+                    key,
+                    known,
+                    error=CheckpointError,
+                    advice="Fix the key or remove it.",
+                )
+        return cls(
+            frame_size=_frame_size(where, values.get("frame_size")),
+            chunk_frames=_whole(where, "chunk_frames", values.get("chunk_frames"), low=1),
+            stage=_stage(where, values.get("stage")),
+            steps=_whole(where, "steps", values.get("steps"), low=0),
+        )
+
+
+def _bad_trained(where: str | Path, key: str, want: str, value: Any) -> CheckpointError:
+    return CheckpointError(
+        f"{where}: {TRAINED_KEY}.{key} must be {want}, got {type(value).__name__} {value!r}; "
+        "restore the value the training app wrote, or remove the key if it is not known."
+    )
+
+
+def _whole(where: str | Path, key: str, value: Any, *, low: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _bad_trained(where, key, f"a whole number >= {low}", value)
+    return int(value)
+
+
+def _frame_size(where: str | Path, value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    ok = isinstance(value, (list, tuple)) and len(value) == 2
+    if not ok or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+        raise _bad_trained(where, "frame_size", "[width, height] in whole pixels >= 1", value)
+    return int(value[0]), int(value[1])
+
+
+def _stage(where: str | Path, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _bad_trained(where, "stage", "a non-empty string (e.g. 'transformer')", value)
+    return value
 
 
 @dataclass(eq=False)
@@ -57,6 +167,7 @@ class ModelFolder:
         scheduler: The flow-matching scheduler.
         sampling: The saved :class:`SamplingSettings` values.
         text_encoder: The saved :func:`~cityenv.worldmodel.text.make_text_encoder` arguments.
+        trained: What the model was trained on (``None``: the folder does not say).
     """
 
     path: Path
@@ -65,6 +176,7 @@ class ModelFolder:
     scheduler: FlowMatchEulerDiscreteScheduler
     sampling: dict[str, Any]
     text_encoder: dict[str, Any]
+    trained: TrainedOn | None = None
 
 
 def save_folder(
@@ -76,8 +188,12 @@ def save_folder(
     scheduler: FlowMatchEulerDiscreteScheduler,
     settings: SamplingSettings,
     text_encoder: dict[str, Any],
+    trained: TrainedOn | None = None,
 ) -> Path:
-    """Write a model folder (see the module docstring); returns it."""
+    """Write a model folder (see the module docstring); returns it.
+
+    ``trained`` is written as the ``"trained"`` entry when given (left out for ``None``).
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     transformer.save_pretrained(path / "transformer", safe_serialization=True)
@@ -88,6 +204,8 @@ def save_folder(
         "sampling": settings.as_dict(),
         "text_encoder": dict(text_encoder),
     }
+    if trained is not None:
+        meta[TRAINED_KEY] = trained.as_dict()
     (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     return path
 
@@ -98,7 +216,8 @@ def load_folder(
     """Read a model folder written by :func:`save_folder` (or by an older cityenv), strictly.
 
     Everything is checked before a weight is read into a model: ``config.json`` is JSON with the
-    keys :func:`save_folder` writes; the saved sampling settings can generate
+    keys :func:`save_folder` writes; the ``"trained"`` entry, when there is one, holds facts of
+    the right kinds (:meth:`TrainedOn.from_mapping`); the saved sampling settings can generate
     (:class:`SamplingSettings` takes them); the text encoder's kind is known and its folder, if
     one is named, exists; each part's safetensors hold exactly the tensors, of exactly the
     shapes, that its ``config.json`` describes. So a folder whose parts disagree (one transformer
@@ -108,8 +227,9 @@ def load_folder(
     Raises:
         CheckpointError: If the folder has no ``config.json`` or it is not JSON, describes
             another class, lacks or garbles the settings, holds settings that cannot generate
-            or pickled weights, has scheduler settings that cannot sample
-            (``num_train_timesteps`` below 1, ``shift`` not a finite number > 0), or a part's
+            or pickled weights, has a garbled ``"trained"`` entry (naming the key), has
+            scheduler settings that cannot sample (``num_train_timesteps`` below 1, ``shift``
+            not a finite number > 0), or a part's
             config and weights disagree (the message names the missing, unexpected and
             reshaped keys).
         TextEncoderNotFoundError: If the text encoder's folder does not exist or is incomplete.
@@ -117,6 +237,11 @@ def load_folder(
     path = Path(path)
     meta = _read_config(path, class_name)
     sampling = _check_sampling(path / CONFIG_FILE, meta)
+    trained = (
+        TrainedOn.from_mapping(meta[TRAINED_KEY], where=path / CONFIG_FILE)
+        if TRAINED_KEY in meta
+        else None
+    )
     _check_text_encoder(path / CONFIG_FILE, meta["text_encoder"])
     check_weights(path / "transformer", _transformer_shapes(path / "transformer"))
     check_weights(path / "vae", _vae_shapes(path / "vae"))
@@ -129,7 +254,8 @@ def load_folder(
     )
     vae = VideoVAE.from_pretrained(path / "vae", torch_dtype=torch_dtype)
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler")
-    return ModelFolder(path, transformer, vae, scheduler, sampling, dict(meta["text_encoder"]))
+    text = dict(meta["text_encoder"])
+    return ModelFolder(path, transformer, vae, scheduler, sampling, text, trained)
 
 
 def check_weights(folder: Path, expected: Mapping[str, tuple[int, ...]]) -> None:

@@ -43,7 +43,7 @@ from cityenv.errors import InvalidOptionError, ShapeMismatchError
 from cityenv.geometry.camera import PinholeCamera
 from cityenv.geometry.pose import Pose, Trajectory
 from cityenv.worldmodel.base import ChunkOutput, ChunkReferences, WorldModel
-from cityenv.worldmodel.checkpoint import load_folder, refuse_pickles, save_folder
+from cityenv.worldmodel.checkpoint import TrainedOn, load_folder, refuse_pickles, save_folder
 from cityenv.worldmodel.conditioning import (
     PLUCKER_CHANNELS,
     ChunkSequence,
@@ -70,6 +70,7 @@ __all__ = [
     "DiffusionOptions",
     "DiffusionWorldModel",
     "SamplingSettings",
+    "TrainedOn",
     "load_preset",
 ]
 
@@ -111,6 +112,13 @@ class DiffusionWorldModel(WorldModel):
         referencer: Prepares and warps references (``None``: a new one).
         device: Where the models run (``None``: CUDA when available).
         reference_cache: Encoded reference latents kept in memory.
+        trained: What the model was trained on (``None``: unknown, as for random weights);
+            :meth:`from_pretrained` reads it from the folder, :meth:`save_pretrained` writes it.
+
+    Attributes:
+        trained: See above. A recorded frame size or chunk length is enforced by
+            :meth:`check_settings`, and the frame size is :attr:`native_size`.
+        checkpoint: The folder :meth:`from_pretrained` loaded (``None`` otherwise).
 
     Raises:
         ShapeMismatchError: If the parts do not fit together (latent or ray channels).
@@ -128,6 +136,7 @@ class DiffusionWorldModel(WorldModel):
         referencer: Referencer | None = None,
         device: str | torch.device | None = None,
         reference_cache: int = 64,
+        trained: TrainedOn | None = None,
     ) -> None:
         self.settings = settings or SamplingSettings()
         _check_parts(transformer, vae, self.settings)
@@ -155,6 +164,7 @@ class DiffusionWorldModel(WorldModel):
         self.camera: PinholeCamera | None = None
         self.reset_info: dict[str, Any] = {}
         self.checkpoint: Path | None = None  # the folder of from_pretrained (a trained model)
+        self.trained = trained
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -287,6 +297,7 @@ class DiffusionWorldModel(WorldModel):
             settings=SamplingSettings.from_mapping(folder.sampling, **settings),
             referencer=Referencer(),
             device=device,
+            trained=folder.trained,
         )
         model.checkpoint = folder.path
         return model
@@ -315,7 +326,7 @@ class DiffusionWorldModel(WorldModel):
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the model to one folder: ``config.json`` + ``transformer/``, ``vae/`` and
         ``scheduler/`` (safetensors and diffusers configs). The text encoder is not copied: its
-        kind and local path are recorded.
+        kind and local path are recorded; so is :attr:`trained`, when known.
 
         Returns:
             The folder.
@@ -328,6 +339,7 @@ class DiffusionWorldModel(WorldModel):
             scheduler=self.scheduler,
             settings=self.settings,
             text_encoder=self.text_encoder.spec,
+            trained=self.trained,
         )
 
     def to(
@@ -354,17 +366,31 @@ class DiffusionWorldModel(WorldModel):
         return self
 
     # --- WorldModel API -------------------------------------------------------------------------
+    @property
+    def native_size(self) -> tuple[int, int] | None:
+        """``(width, height)`` the model was trained on (:attr:`trained`), or ``None``."""
+        return None if self.trained is None else self.trained.frame_size
+
     def check_settings(self, camera: PinholeCamera, chunk_length: int) -> None:
-        """Frames must be multiples of the VAE's spatial ratio times the patch (16 pixels for
-        the presets) and chunks multiples of its temporal ratio (4 frames); a trained model
-        (:attr:`checkpoint`) warns at another chunk length than it was set up for.
+        """A model that records what it was trained on (:attr:`trained`) takes only that frame
+        size and chunk length. Otherwise frames must be multiples of the VAE's spatial ratio
+        times the patch (16 pixels for the presets) and chunks multiples of its temporal ratio
+        (4 frames); a loaded model (:attr:`checkpoint`) that does not record its chunk length
+        warns at another one than its settings' ``chunk_frames``.
 
         Raises:
-            ShapeMismatchError: Saying which value to use instead.
+            ShapeMismatchError: Saying what the model was trained on, what came, and which
+                values to use instead.
         """
+        self._check_trained(camera, chunk_length)
         self._check_camera(camera)
         _num_latents(chunk_length, self.vae.temporal_ratio)
-        if self.checkpoint is not None and chunk_length != self.settings.chunk_frames:
+        recorded = self.trained is not None and self.trained.chunk_frames is not None
+        if (
+            self.checkpoint is not None
+            and not recorded
+            and chunk_length != self.settings.chunk_frames
+        ):
             warnings.warn(
                 f"chunk_length={chunk_length} differs from the {self.settings.chunk_frames}-frame "
                 "chunks this model was set up for (SamplingSettings.chunk_frames); a trained "
@@ -595,6 +621,35 @@ class DiffusionWorldModel(WorldModel):
         _, p_h, p_w = self.transformer.config.patch_size
         s = self.vae.spatial_ratio
         return s * p_h, s * p_w
+
+    def _check_trained(self, camera: PinholeCamera, chunk_length: int) -> None:
+        """Refuse a frame size or chunk length other than the recorded training ones."""
+        t = self.trained
+        if t is None:
+            return
+        size = (camera.width, camera.height)
+        wrong_size = t.frame_size is not None and size != tuple(t.frame_size)
+        wrong_chunk = t.chunk_frames is not None and chunk_length != t.chunk_frames
+        if not (wrong_size or wrong_chunk):
+            return
+        trained, got, fix = [], [], []
+        if t.frame_size is not None:
+            trained.append(f"{t.frame_size[0]} x {t.frame_size[1]} frames")
+        if t.chunk_frames is not None:
+            trained.append(f"{t.chunk_frames}-frame chunks")
+        if wrong_size:
+            got.append(f"{camera.width} x {camera.height} frames")
+            fix.append(f"width={t.frame_size[0]}, height={t.frame_size[1]}")
+        if wrong_chunk:
+            got.append(f"{chunk_length}-frame chunks")
+            fix.append(f"chunk_length={t.chunk_frames}")
+        where = f" ({self.checkpoint})" if self.checkpoint is not None else ""
+        raise ShapeMismatchError(
+            f"this model{where} was trained on {' in '.join(trained)}; got {' in '.join(got)}: "
+            f"make the env with {', '.join(fix)}"
+            + (" (or leave width and height unset: the model's own size)" if wrong_size else "")
+            + "."
+        )
 
     def _check_camera(self, camera: PinholeCamera) -> None:
         m_h, m_w = self._frame_multiple

@@ -3,7 +3,10 @@
 ``world_model="diffusion"`` with no ``path`` and no ``preset`` loads :data:`DEFAULT_SHIPPED`,
 the built-in town's trained model (``docs/model-card.md``): a world-model folder in the format
 of :meth:`~cityenv.worldmodel.diffusion.DiffusionWorldModel.save_pretrained`, installed as
-package data, so nothing is downloaded.
+package data, so nothing is downloaded. Its ``config.json`` records what it was trained on
+(``"trained"``: 128 x 128 frames in 12-frame chunks,
+:class:`~cityenv.worldmodel.checkpoint.TrainedOn`), so the environment makes frames of that size
+when ``width`` / ``height`` are left unset and refuses other sizes and chunk lengths.
 """
 
 from __future__ import annotations

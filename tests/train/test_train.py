@@ -33,6 +33,7 @@ from cityenv.train.data import PairSettings, TrainingDataError, TrainPairs
 from cityenv.train.parallel import ParallelBackend
 from cityenv.train.tasks import vae_clip
 from cityenv.worldmodel.base import ChunkReferences
+from cityenv.worldmodel.checkpoint import TrainedOn
 from cityenv.worldmodel.conditioning import to_video
 from cityenv.worldmodel.diffusion import DiffusionWorldModel
 from cityenv.worldmodel.referencing import ReferenceLoader
@@ -191,6 +192,29 @@ def test_training_moves_the_transformer_and_exports_a_loadable_world_model(town_
     assert model.settings.chunk_frames == 4
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["model"]["preset"] == "tiny" and saved["stage"] == "transformer"
+    # the folder records what it was trained on: the clips' 64 x 64 frames in 4-frame chunks
+    assert model.trained == TrainedOn((64, 64), 4, stage="transformer", steps=4)
+    assert model.native_size == (64, 64)
+    earlier = DiffusionWorldModel.from_pretrained(
+        tmp_path / "run" / "checkpoints" / "step-00000002" / "world_model", device="cpu"
+    )
+    assert earlier.trained == TrainedOn((64, 64), 4, stage="transformer", steps=2)
+
+
+def test_the_export_records_the_datas_frame_size(town_data, tmp_path):
+    """data.size resizes the frames: the exported model records that size, not the clips'."""
+    cfg = _config(town_data, tmp_path / "run")
+    cfg.data.size = [48, 32]
+    model = build_model(cfg, ParallelBackend())
+    task = _task(cfg, model, build_data(cfg, model))
+    task.export(tmp_path / "wm", task.module.state_dict(), step=9)
+    meta = json.loads((tmp_path / "wm" / "config.json").read_text())
+    assert meta["trained"] == {
+        "frame_size": [48, 32],
+        "chunk_frames": 4,
+        "stage": "transformer",
+        "steps": 9,
+    }
 
 
 def test_resume_is_exact(town_data, tmp_path):
@@ -218,6 +242,7 @@ def test_vae_stage_trains_the_vae(town_data, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)
     t0, t1 = initial.transformer.state_dict(), trained.transformer.state_dict()
     assert all(torch.equal(t0[k], t1[k]) for k in t0), "the transformer is untouched"
+    assert trained.trained is None  # an untrained transformer: no size or chunk length to keep
     # the export measured the latents' statistics: the calibration clips encode to zero mean,
     # unit variance per channel (the preset's config says 0 and 1, the raw encoder does not)
     config = trained.vae.vae.config

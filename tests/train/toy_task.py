@@ -50,7 +50,7 @@ class ToyTask:
         )
         return self.scale * ((module(batch["x"]) + 0.01 * noise - batch["y"]) ** 2).mean()
 
-    def export(self, folder: Path, weights: dict) -> None:
+    def export(self, folder: Path, weights: dict, *, step: int | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "w.safetensors"))
         hang = os.environ.get("TOY_HANG_AT_STEP")

@@ -317,19 +317,44 @@ def test_dtype_names_from_configs_work() -> None:
         DiffusionWorldModel.from_preset("tiny", torch_dtype="bfloat17")
 
 
-def test_a_trained_model_warns_at_another_chunk_length(tmp_path, model: DiffusionWorldModel):
+def test_a_loaded_model_without_a_record_warns_at_another_chunk_length(
+    tmp_path, model: DiffusionWorldModel
+):
+    """A folder that does not record its training (older saves) keeps the old warning."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.check_settings(CAMERA, 8)  # random weights: any multiple of 4 is as good
     loaded = DiffusionWorldModel.from_pretrained(model.save_pretrained(tmp_path / "wm"))
-    assert loaded.checkpoint == tmp_path / "wm"
+    assert loaded.checkpoint == tmp_path / "wm" and loaded.trained is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loaded.check_settings(CAMERA, 12)  # the length it was set up for
     with pytest.warns(UserWarning, match="chunk_length=8 differs from the 12-frame chunks"):
         loaded.check_settings(CAMERA, 8)
+
+
+def test_a_trained_model_refuses_another_chunk_length(tmp_path, model: DiffusionWorldModel):
+    """A folder that records its 12-frame training chunks refuses 8, no longer warns."""
+    import warnings
+
+    from cityenv.worldmodel.checkpoint import TrainedOn
+
+    model.trained = TrainedOn(chunk_frames=12, stage="transformer", steps=3)
+    try:
+        loaded = DiffusionWorldModel.from_pretrained(model.save_pretrained(tmp_path / "wm"))
+    finally:
+        model.trained = None  # the module's fixture stays a random preset
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded.check_settings(CAMERA, 12)
+        with pytest.raises(
+            ShapeMismatchError,
+            match=r"was trained on 12-frame chunks; got 8-frame chunks: make the env with "
+            r"chunk_length=12\.$",
+        ):
+            loaded.check_settings(CAMERA, 8)
 
 
 def test_each_model_owns_its_text_encoder(scene) -> None:
