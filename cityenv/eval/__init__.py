@@ -6,8 +6,9 @@
   frame along its exact trajectory, references from other traversals and capture times;
 - :mod:`~cityenv.eval.perceptual`: LPIPS, FID and FVD on networks loaded from local weights
   (plain torch; reported as not computed without weights);
-- :mod:`~cityenv.eval.camera`: RotErr / TransErr from camera poses that pycolmap estimates on the
-  generated frames (and on the ground truth: the estimator's floor);
+- :mod:`~cityenv.eval.camera`: RotErr / TransErr from camera poses estimated on the generated
+  frames (two-view geometry with OpenCV, or pycolmap SfM), and on the ground truth: the
+  estimator's floor;
 - :mod:`~cityenv.eval.render`: ground-truth renders under named conditions through a registry
   the built-in town fills (prompt adherence, long routes);
 - :mod:`~cityenv.eval.adherence`: prompt adherence: one trajectory rendered under several

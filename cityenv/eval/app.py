@@ -84,8 +84,15 @@ class MetricsConfig:
     device: str = "cpu"
     """Where the metric networks run."""
     camera: bool = False
-    """RotErr / TransErr: camera poses estimated by pycolmap SfM on every generated window and on
-    its ground truth (the estimator's floor); seconds per window, so off by default."""
+    """RotErr / TransErr: camera poses estimated on every generated window and on its ground
+    truth (the estimator's floor); seconds per window, so off by default."""
+    camera_method: str = "two_view"
+    """The pose estimator of every row and the floor (``cityenv.eval.camera``): two_view
+    (pairwise geometry, robustly averaged and chained; registers the town's 128 px frames) or
+    sfm (pycolmap incremental SfM; registers few of them)."""
+    camera_segment_frames: int | None = 13
+    """Windows are scored in segments of this many frames (the 1 + 12 of a chunk), each with its
+    own anchor and scale; null scores the whole window as one trajectory."""
 
 
 @dataclass
@@ -363,7 +370,7 @@ def _replay_all(
             if key not in windows:
                 windows = {key: replayer.window(key, plan.start, plan.num_frames, spec.frame_size)}
             replay = _replay(replayer, row, windows[key], plan, spec)
-            _write_clip(out / "rows" / row.name, plan, replay, spec, cfg.metrics.camera)
+            _write_clip(out / "rows" / row.name, plan, replay, spec, _camera_settings(cfg))
             replayed.append((row.name, plan.clip_id))
         bar.update()
     bar.close()
@@ -378,27 +385,41 @@ def _replay(replayer: Replayer, row: Row, window: Any, plan: ClipPlan, spec: Ben
     return replayer.replay(row.model, window, _chunk_frames(row, spec), seed=spec.seed + plan.index)
 
 
+def _camera_settings(cfg: EvalConfig) -> Any:
+    """The camera estimator's settings of ``cfg.metrics``, or ``None`` when not asked."""
+    if not cfg.metrics.camera:
+        return None
+    from cityenv.eval.camera import SfMSettings
+
+    return SfMSettings(
+        method=cfg.metrics.camera_method, segment_frames=cfg.metrics.camera_segment_frames
+    )
+
+
 def _write_clip(
-    folder: Path, plan: ClipPlan, replay: Replay, spec: BenchSpec, camera: bool = False
+    folder: Path, plan: ClipPlan, replay: Replay, spec: BenchSpec, camera: Any = None
 ) -> None:
-    """``<clip>.npz`` (frames), then ``<clip>.json`` (numbers), each written atomically."""
+    """``<clip>.npz`` (frames), then ``<clip>.json`` (numbers), each written atomically;
+    ``camera``: the camera estimator's ``SfMSettings`` (``True``: its defaults; ``None`` or
+    ``False``: no camera errors)."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{plan.clip_id}.tmp.npz"
     np.savez_compressed(tmp, frames=replay.frames)
     os.replace(tmp, folder / f"{plan.clip_id}.npz")
     numbers = _clip_numbers(plan, replay, spec)
-    if camera:
-        numbers["camera"] = _camera_numbers(replay)
+    if camera is not None and camera is not False:
+        numbers["camera"] = _camera_numbers(replay, None if camera is True else camera)
     _atomic_write(folder / f"{plan.clip_id}.json", json.dumps(numbers))
 
 
-def _camera_numbers(replay: Replay) -> dict[str, Any]:
-    """RotErr / TransErr of the generated window and of its ground truth (the floor)."""
+def _camera_numbers(replay: Replay, settings: Any = None) -> dict[str, Any]:
+    """RotErr / TransErr of the generated window and of its ground truth (the floor), by the
+    same estimator."""
     from cityenv.eval.camera import camera_errors
 
     w = replay.window
-    generated = camera_errors(replay.frames, w.trajectory, w.camera)
-    floor = camera_errors(w.rgb, w.trajectory, w.camera, ignore=w.dynamic)
+    generated = camera_errors(replay.frames, w.trajectory, w.camera, settings)
+    floor = camera_errors(w.rgb, w.trajectory, w.camera, settings, ignore=w.dynamic)
     return _finite({"generated": generated.to_dict(), "ground_truth": floor.to_dict()})
 
 
@@ -459,8 +480,9 @@ def _row_summary(
 
 
 def _camera_summary(folder: Path, plans: list[ClipPlan], reasons: dict[str, str]) -> dict:
-    """Mean RotErr (degrees) / TransErr over the clips SfM could follow, and the ground truth's
-    floor; ``None`` with the reason when no clip was measured or SfM followed none."""
+    """Mean RotErr (degrees) / TransErr over the clips the estimator could follow, the ground
+    truth's floor, and the fraction of segments scored (``camera_segments``, ``_floor``);
+    ``None`` with the reason when no clip was measured or the estimator followed none."""
     clips = [json.loads((folder / f"{p.clip_id}.json").read_text()) for p in plans]
     measured = [c["camera"] for c in clips if "camera" in c]
     if not measured:
@@ -468,19 +490,33 @@ def _camera_summary(folder: Path, plans: list[ClipPlan], reasons: dict[str, str]
         reasons.setdefault("trans_err", reasons["rot_err"])
         return {}
     out: dict[str, float | None] = {}
+    method = measured[0]["generated"].get("method", "sfm")
+    who = "SfM" if method == "sfm" else "the two-view estimator"
     for source, suffix in (("generated", ""), ("ground_truth", "_floor")):
         ok = [m[source] for m in measured if m[source]["rot_err"] is not None]
+        out["camera_segments" + suffix] = _scored_fraction([m[source] for m in measured])
         if ok:
             out["rot_err" + suffix] = float(np.degrees(np.mean([m["rot_err"] for m in ok])))
             out["trans_err" + suffix] = float(np.mean([m["trans_err"] for m in ok]))
             out["camera_clips" + suffix] = len(ok)
         else:
             out["rot_err" + suffix] = out["trans_err" + suffix] = None
-            why = measured[0][source]["reason"] or "SfM failed"
+            why = measured[0][source]["reason"] or "the estimator failed"
             reasons["rot_err" + suffix] = reasons["trans_err" + suffix] = (
-                f"SfM followed none of {len(measured)} windows ({why})"
+                f"{who} followed none of {len(measured)} windows ({why})"
             )
     return out
+
+
+def _scored_fraction(windows: list[dict[str, Any]]) -> float | None:
+    """Fraction of the windows' segments the camera estimator scored (a window scored whole is
+    one segment, scored when it has numbers)."""
+    total = scored = 0
+    for m in windows:
+        count, done = m.get("segments", 1), m.get("segments_scored")
+        total += count
+        scored += done if done is not None else (count if m["rot_err"] is not None else 0)
+    return scored / total if total else None
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -245,8 +245,9 @@ def test_perceptual_metrics_from_local_weights_reach_the_report(eval_data, tmp_p
 
 
 def test_camera_errors_reach_the_report_with_the_ground_truths_floor(eval_data, tmp_path):
-    """metrics.camera=true: pycolmap SfM on each window (generated and ground truth); tiny 64 px
-    windows of 5 frames are too small for SfM, so the columns must say so, not make numbers up."""
+    """metrics.camera=true: the two-view estimator on each window (generated and ground truth);
+    tiny 64 px windows of 5 frames may be too small for it, and then the columns must say so,
+    not make numbers up."""
     cfg = _config(eval_data, tmp_path / "out", warp=True, model=ModelConfig())
     cfg.metrics.camera = True
     run(cfg)
@@ -254,12 +255,13 @@ def test_camera_errors_reach_the_report_with_the_ground_truths_floor(eval_data, 
     camera = json.loads(clip.read_text())["camera"]
     assert set(camera) == {"generated", "ground_truth"}
     assert camera["generated"]["frames"] == 5
+    assert camera["generated"]["method"] == camera["ground_truth"]["method"] == "two_view"
     summary = json.loads((tmp_path / "out" / "rows" / "warp" / "summary.json").read_text())
     for key in ("rot_err", "trans_err", "rot_err_floor", "trans_err_floor"):
         value = summary["metrics"][key]
         suffix = "_floor" if key.endswith("_floor") else ""
         if value is None:
-            assert "SfM followed none" in summary["not_computed"][key]
+            assert "two-view estimator followed none" in summary["not_computed"][key]
         else:
             assert value >= 0 and summary["metrics"]["camera_clips" + suffix] >= 1
     assert "RotErr (deg)" in (tmp_path / "out" / "report.md").read_text()
