@@ -88,10 +88,12 @@ def test_world_model_diffusion_without_options_generates_with_the_shipped_model(
 @pytest.mark.parametrize("weights", ["shipped", "random"])
 def test_a_prompt_moves_the_frames_towards_its_condition(town, truths, weights) -> None:
     options = {} if weights == "shipped" else {"preset": "town", "seed": 0}
-    noon = drive("CityWorld-Town-v0", town, NOON, world_model="diffusion",
-                 world_model_options=options)
-    night = drive("CityWorld-Town-v0", town, NIGHT, world_model="diffusion",
-                  world_model_options=options)
+    noon = drive(
+        "CityWorld-Town-v0", town, NOON, world_model="diffusion", world_model_options=options
+    )
+    night = drive(
+        "CityWorld-Town-v0", town, NIGHT, world_model="diffusion", world_model_options=options
+    )
     darker = lightness(noon) - lightness(night)
     # each prompt's frames are closer to their own condition's true render than to the other's
     follows = (
