@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cityenv.eval.longroute import frame_statistics
 from cityenv.rollout import RolloutConfig, _resolved, make_env, scenario_path
 from cityenv.scenario import load_scenario, run_scenario
 
@@ -57,13 +58,9 @@ def play(world_model: str, options: dict, args: argparse.Namespace) -> tuple[lis
 
 
 def lab_stats(frames: np.ndarray) -> tuple[float, float, float]:
-    """Mean L*, a*, b* (CIE Lab, OpenCV float conversion) of uint8 ``(T, H, W, 3)`` frames."""
-    import cv2
-
-    lab = cv2.cvtColor(
-        frames.reshape(-1, frames.shape[2], 3).astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab
-    )
-    return tuple(float(v) for v in lab.reshape(-1, 3).mean(0))  # type: ignore[return-value]
+    """Mean L*, a*, b* of uint8 ``(T, H, W, 3)`` frames (the eval's :func:`frame_statistics`)."""
+    stats = frame_statistics(frames)
+    return tuple(float(stats[f"{c}_mean"].mean()) for c in "Lab")  # type: ignore[return-value]
 
 
 def main() -> None:
