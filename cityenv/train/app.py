@@ -100,7 +100,9 @@ def _task(
             frames=o.vae_frames,
         )
     drops = {"text": o.drop_text, "references": o.drop_references, "warp": o.drop_warp}
-    objective = ObjectiveSettings(drops, o.timestep_shift, o.gradient_checkpointing)
+    objective = ObjectiveSettings(
+        drops, o.timestep_shift, o.gradient_checkpointing, episode_start=o.episode_start
+    )
     return TransformerTask(model, objective, _trained_on(data))
 
 

@@ -118,6 +118,11 @@ class ObjectiveConfig:
     drop_text: float = 0.1
     drop_references: float = 0.1
     drop_warp: float = 0.1
+    episode_start: float = 0.0
+    """Probability that a sample starts an episode without a start image: its history becomes
+    its warp's first latent (the references, captured at other times, warped into its first
+    poses: what the model's reset encodes), so the prompt, not the history, must set the
+    look. Teaches prompt adherence from a reference start (0 = history always from the clip)."""
     timestep_shift: float | None = None
     """Training timestep shift (default: the model's sampler shift)."""
     gradient_checkpointing: bool = False

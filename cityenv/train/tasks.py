@@ -52,6 +52,7 @@ __all__ = [
     "TransformerTask",
     "VAETask",
     "encode_latents",
+    "episode_start",
     "make_conditioner",
 ]
 
@@ -71,11 +72,20 @@ class ObjectiveSettings:
             training visits the noise levels sampling does).
         gradient_checkpointing: Recompute each transformer block in the backward pass (less
             memory, about a third more compute).
+        episode_start: Probability that a sample with a warp starts an episode without a start
+            image (:func:`episode_start`): its history is replaced by its warp's first latent.
     """
 
     drop_rates: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_DROP_RATES))
     timestep_shift: float | None = None
     gradient_checkpointing: bool = False
+    episode_start: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.episode_start <= 1.0:
+            raise ConfigError(
+                f"objective.episode_start is a probability in [0, 1], got {self.episode_start}."
+            )
 
 
 class TransformerTask:
@@ -120,6 +130,10 @@ class TransformerTask:
         g = torch.Generator().manual_seed(int(sample["seed"]))
         with torch.no_grad():
             sequence, targets = self.encode(sample)
+        rate = self.objective.episode_start
+        # drawn only when enabled, so runs without it keep their exact draws
+        if rate > 0 and sequence.warp is not None and float(torch.rand((), generator=g)) < rate:
+            sequence = episode_start(sequence, targets.shape[1])
         drops = sample_drops(self.objective.drop_rates, g)
         timestep = sample_timestep(g, shift=self.shift)
         noise = torch.randn(targets.shape, generator=g).to(targets.device, targets.dtype)
@@ -227,6 +241,34 @@ class TransformerTask:
             text_encoder=m.text_encoder.spec,
             trained=dataclasses.replace(self.data, stage="transformer", steps=step),
         )
+
+
+def episode_start(sequence: ChunkSequence, latent_channels: int) -> ChunkSequence:
+    """``sequence`` as the first chunk of an episode that began without a start image.
+
+    At inference without a start image, :meth:`DiffusionWorldModel.reset` warps the references
+    into the first pose and encodes that as the only history latent; the references were
+    captured at another time, so the history then shows their light and weather, not the
+    prompt's. Training history always comes from the clip itself and carries the clip's look,
+    so a model trained only on it learns to copy the history and ignore the prompt. This
+    replaces the history with the sample's warp's first latent (the same references warped into
+    the chunk's first poses, cross-temporal like at inference) and its rays with the first
+    target latent's, so the prompt is the only source of the target's look.
+
+    Args:
+        sequence: A sample's conditions, with a warp.
+        latent_channels: ``z``: the warp carries ``z`` latent channels + its mask.
+
+    Returns:
+        A new sequence (the input is not changed).
+    """
+    if sequence.warp is None:
+        raise ValueError("episode_start needs a sequence with a warp (the references warped).")
+    return dataclasses.replace(
+        sequence,
+        history=sequence.warp[:, :latent_channels, :1],
+        history_rays=sequence.target_rays[:, :, :1],
+    )
 
 
 class _VAEForward(nn.Module):

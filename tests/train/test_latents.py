@@ -42,9 +42,11 @@ from cityenv.train.tasks import (
     ObjectiveSettings,
     TransformerTask,
     encode_latents,
+    episode_start,
     make_conditioner,
 )
 from cityenv.worldmodel.diffusion import DiffusionWorldModel
+from cityenv.worldmodel.objective import flow_matching_loss, sample_drops, sample_timestep
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -266,3 +268,44 @@ def test_a_killed_precomputation_is_never_read_and_resumes_under_torchrun(
         assert (a["clip_id"], a["start"], a["sink_offset"]) == (
             b["clip_id"], b["start"], b["sink_offset"]
         )  # fmt: skip
+
+
+def test_episode_start_replaces_the_history_with_the_warps_first_latent(made):
+    """objective.episode_start: a sample begins like an episode without a start image (the
+    references warped into its first poses are the only history), so the prompt must set the
+    look. Without a warp there is nothing to start from."""
+    cached = CachedPairs(made.cache)
+    with_warp = next(i for i in range(len(cached)) if len(cached[i]["reference_view_ids"]))
+    plain = TransformerTask(made.model, ObjectiveSettings())
+    seq, targets = plain.encode(cached[with_warp])
+    z = targets.shape[1]
+    start = episode_start(seq, z)
+    assert start.history.shape == (1, z, 1, *targets.shape[3:])
+    torch.testing.assert_close(start.history, seq.warp[:, :z, :1])
+    torch.testing.assert_close(start.history_rays, seq.target_rays[:, :, :1])
+    assert start.layout.history == 1 and seq.history is not start.history
+    for name in ("warp", "references", "text", "target_rays", "sink"):
+        assert getattr(start, name) is getattr(seq, name), name
+    always = TransformerTask(made.model, ObjectiveSettings(episode_start=1.0))
+    module = made.model.transformer
+    with torch.no_grad():
+        sample = {**cached[with_warp], "seed": 7}  # the loop adds each sample's seed
+        g = torch.Generator().manual_seed(7)
+        torch.rand((), generator=g)  # the episode-start draw comes first
+        drops = sample_drops(always.objective.drop_rates, g)
+        timestep = sample_timestep(g, shift=always.shift)
+        noise = torch.randn(targets.shape, generator=g)
+        expected = flow_matching_loss(
+            module,
+            start.drop(drops),
+            targets,
+            timestep=timestep,
+            noise=noise,
+            settings=made.model.settings,
+        )
+        torch.testing.assert_close(always.loss(module, [sample]), expected)
+        assert not torch.allclose(plain.loss(module, [sample]), expected)
+    with pytest.raises(ValueError, match="needs a sequence with a warp"):
+        episode_start(dataclasses.replace(seq, warp=None), z)
+    with pytest.raises(ConfigError, match=r"episode_start is a probability in \[0, 1\]"):
+        ObjectiveSettings(episode_start=1.5)
