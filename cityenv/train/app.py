@@ -96,6 +96,7 @@ def _task(
             kl_weight=o.kl_weight,
             calibration=_calibration_clips(data) if o.vae_parts == "all" and data else None,
             decoder_only=o.vae_parts == "decoder",
+            decoder_base_dim=o.vae_decoder_base_dim,
             crop=o.vae_crop,
             frames=o.vae_frames,
         )

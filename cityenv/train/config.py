@@ -137,6 +137,10 @@ class ObjectiveConfig:
     """Stage vae: ``all`` trains encoder and decoder; ``decoder`` trains the decoder alone on the
     frozen encoder's latents (and keeps their latents_mean/std), so a transformer trained on
     those latents stays valid: the way to improve a shipped model's decoder later."""
+    vae_decoder_base_dim: int | None = None
+    """Stage vae with ``vae_parts=decoder``: replace the decoder by a fresh one of this width
+    (diffusers' ``decoder_base_dim``) before training it on the frozen encoder's latents: a
+    lighter, faster decoder for a trained model (null = train the model's own decoder)."""
     vae_frames: int | None = None
     """Stage vae: train on a random run of this many frames (``1 + 4n``) of every clip (null =
     the whole clip: the last history frame + the chunk)."""

@@ -297,6 +297,8 @@ class VAETask:
         crop: Train on a random square crop of this many pixels of each clip (``None``: whole).
         frames: Train on a random run of this many frames of each clip (``None``: whole).
         decoder_only: Freeze the encoder (and its latents): train the decoder alone.
+        decoder_base_dim: With ``decoder_only``: first replace the decoder by a fresh one of this
+            width (:meth:`~cityenv.worldmodel.vae.VideoVAE.replace_decoder`).
 
     Raises:
         ConfigError: If ``crop`` is not a multiple of the VAE's spatial ratio.
@@ -310,8 +312,17 @@ class VAETask:
         crop: int | None = None,
         frames: int | None = None,
         decoder_only: bool = False,
+        decoder_base_dim: int | None = None,
     ) -> None:
         self.model, self.kl_weight = model, float(kl_weight)
+        if decoder_base_dim is not None:
+            if not decoder_only:
+                raise ConfigError(
+                    "objective.vae_decoder_base_dim gives the VAE a new decoder, trained on the "
+                    "frozen encoder's latents; it needs objective.vae_parts=decoder, got "
+                    "vae_parts=all."
+                )
+            model.vae.replace_decoder(decoder_base_dim)
         self.calibration, self.crop, self.frames = calibration, crop, frames
         ratio = model.vae.spatial_ratio
         if crop is not None and crop % ratio:

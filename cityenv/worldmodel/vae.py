@@ -35,12 +35,16 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import (
 from torch import Tensor
 from torch.nn import functional as F
 
-from cityenv.errors import CheckpointError, ShapeMismatchError, unknown_name
+from cityenv.errors import CheckpointError, ConfigError, ShapeMismatchError, unknown_name
 
 __all__ = ["PICKLED_WEIGHT_SUFFIXES", "StreamingDecoder", "VideoVAE"]
 
 PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 """File suffixes of pickled weights, which :meth:`VideoVAE.from_pretrained` refuses to load."""
+
+_TAP_SUM_PIXELS = 32 * 32
+"""Frame size (H x W) from which a causal convolution runs one 2D convolution per time tap
+(faster there on the CPU) instead of one over the stacked taps (faster on small frames)."""
 
 _RANGE_TOLERANCE = 1e-3  # video values may exceed [-1, 1] by this much (float round-off)
 
@@ -52,7 +56,8 @@ class _CPUCausalConv3d(WanCausalConv3d):
     output frame ``t`` of a ``(kt, kh, kw)`` kernel is a 2D convolution of the ``kt`` input frames
     it sees, stacked along channels, with the kernel's time taps stacked alike. Same weights,
     same state-dict keys, same result up to float rounding (tests/worldmodel/test_vae.py); CUDA
-    and grouped or dilated convolutions keep ``conv3d``.
+    and grouped or dilated convolutions keep ``conv3d``. From :data:`_TAP_SUM_PIXELS` up, each
+    time tap is its own 2D convolution and the taps are summed (no stacked copy).
     """
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -63,6 +68,16 @@ class _CPUCausalConv3d(WanCausalConv3d):
         st = self.stride[0]
         n = (t - kt) // st + 1  # output frames (the causal padding is already in x)
         frames = x.transpose(1, 2)  # (B, T, C, H, W)
+        if kt > 1 and h * w >= _TAP_SUM_PIXELS:
+            # large frames: one convolution per time tap on the frames it sees, summed (no
+            # kt-fold stacked copy; oneDNN is faster on c than on kt * c input channels there)
+            frames = frames.contiguous()
+            y = None
+            for k in range(kt):
+                seen = frames[:, k : k + (n - 1) * st + 1 : st].reshape(b * n, c, h, w)
+                tap = F.conv2d(seen, weight[:, :, k], bias if k == 0 else None, self.stride[1:])
+                y = tap if y is None else y.add_(tap)
+            return y.reshape(b, n, out, *y.shape[-2:]).transpose(1, 2)
         if kt == 1:
             stacked = frames[:, : (n - 1) * st + 1 : st]
         else:
@@ -233,6 +248,41 @@ class VideoVAE:
         if torch_dtype is not None:
             kwargs["torch_dtype"] = torch_dtype
         return cls(AutoencoderKLWan.from_pretrained(str(folder), **kwargs))
+
+    def replace_decoder(self, base_dim: int) -> None:
+        """Give this VAE a fresh, randomly initialised decoder of another width, in place.
+
+        The encoder, both quantisation convolutions and the latents' mean/std are kept, so the
+        latents (and a transformer trained on them) stay valid; the new decoder must then be
+        trained on them (``python -m cityenv.train stage=vae objective.vae_parts=decoder
+        objective.vae_decoder_base_dim=N``). A narrower decoder decodes faster. Uses torch's
+        global RNG (seed it). Streaming decoders made before start using it at their next
+        ``reset()``.
+
+        Args:
+            base_dim: The decoder's base channel count (diffusers' ``decoder_base_dim``; the
+                encoder keeps ``base_dim``).
+
+        Raises:
+            ConfigError: If ``base_dim`` is not a positive integer.
+        """
+        if isinstance(base_dim, bool) or not isinstance(base_dim, int) or base_dim < 1:
+            raise ConfigError(
+                f"a decoder's base_dim is a positive integer (channels), got {base_dim!r}."
+            )
+        old = self.vae
+        config = {k: v for k, v in old.config.items() if not k.startswith("_")}  # no defaults list
+        new = AutoencoderKLWan.from_config({**config, "decoder_base_dim": base_dim})
+        kept = {k: v for k, v in old.state_dict().items() if not k.startswith("decoder.")}
+        missing, unexpected = new.load_state_dict(kept, strict=False)
+        if unexpected or any(not k.startswith("decoder.") for k in missing):
+            raise ShapeMismatchError(  # cannot happen with diffusers' AutoencoderKLWan
+                f"a new decoder changed more than the decoder: {unexpected or missing}"
+            )
+        new.to(device=self.device, dtype=self.dtype)
+        self.vae = new.eval().requires_grad_(False)
+        _use_cpu_kernels(new)
+        self._num_decoder_convs = _num_causal_convs(new.decoder)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write ``config.json`` + safetensors weights to ``path`` (for :meth:`from_pretrained`)."""

@@ -295,6 +295,36 @@ def test_vae_stage_decoder_only_keeps_the_encoder_and_its_latents(town_data, tmp
         run(cfg)
 
 
+def test_vae_stage_trains_a_narrower_decoder_on_the_frozen_encoder(town_data, tmp_path):
+    """objective.vae_decoder_base_dim: a fresh decoder of another width, trained on the frozen
+    encoder's latents; the export records it, loads and decodes the same latents to frames."""
+    cfg = _config(town_data, tmp_path / "dec", steps=2, stage="vae")
+    cfg.optim.ema_decay = None
+    cfg.objective.vae_parts, cfg.objective.vae_decoder_base_dim = "decoder", 4
+    run(cfg)
+    initial = DiffusionWorldModel.from_preset("tiny", device="cpu", **TINY_SAMPLING)
+    trained = DiffusionWorldModel.from_pretrained(
+        tmp_path / "dec/checkpoints/step-00000002/world_model", device="cpu"
+    )
+    assert trained.vae.vae.config.decoder_base_dim == 4
+    assert initial.vae.vae.config.base_dim == trained.vae.vae.config.base_dim != 4
+    a, b = initial.vae.vae.state_dict(), trained.vae.vae.state_dict()
+    frozen = [k for k in a if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(a[k], b[k]) for k in frozen)
+    width = [(k, a[k].shape, b[k].shape) for k in a if k.startswith("decoder.")]
+    assert any(x != y for _, x, y in width), "the decoder is narrower"
+    assert sum(v.numel() for k, v in b.items() if k.startswith("decoder.")) < sum(
+        v.numel() for k, v in a.items() if k.startswith("decoder.")
+    )
+    video = to_video(vae_clip(build_data(cfg, trained).get_seeded(0, 0)), "cpu", torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(trained.vae.encode(video), initial.vae.encode(video))
+        assert trained.vae.decode(trained.vae.encode(video)).shape == video.shape
+    cfg.objective.vae_parts = "all"
+    with pytest.raises(ConfigError, match="needs objective.vae_parts=decoder"):
+        run(cfg)
+
+
 def _cli(out: Path, data: Path, *extra: str) -> list[str]:
     return [
         "-m", "cityenv.train", f"data.root={data}", "model=tiny", f"out={out}",

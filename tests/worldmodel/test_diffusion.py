@@ -15,7 +15,7 @@ from cityenv.worldmodel.base import ChunkReferences
 from cityenv.worldmodel.diffusion import DiffusionWorldModel, load_preset
 from cityenv.worldmodel.freeze import encode_keyframes
 from cityenv.worldmodel.referencing import ReferenceView
-from cityenv.worldmodel.sampling import denoise, velocity
+from cityenv.worldmodel.sampling import denoise, velocities, velocity
 
 CAMERA = PinholeCamera.from_fov(64, 64, 90.0)
 L = 8  # frames per chunk: 2 latents
@@ -161,17 +161,48 @@ def test_without_references_the_model_is_trajectory_only(model: DiffusionWorldMo
 
 
 def test_guidance_runs_the_unconditional_branch(scene) -> None:
+    """Guidance adds the unconditional branch to every step: as a second batch entry of the
+    same call when only text is dropped (same shapes), as a call of its own otherwise."""
     counts = []
     outputs = []
-    for scale in (1.0, 3.0):
-        wm = DiffusionWorldModel.from_preset("tiny", device="cpu", guidance_scale=scale)
+    for scale, drop in ((1.0, ("text",)), (3.0, ("text",)), (3.0, ("text", "references"))):
+        wm = DiffusionWorldModel.from_preset(
+            "tiny", device="cpu", guidance_scale=scale, guidance_drop=drop
+        )
         calls = []
-        wm.transformer.register_forward_hook(lambda *args, calls=calls: calls.append(1))
+        wm.transformer.register_forward_pre_hook(
+            lambda module, args, kwargs, calls=calls: calls.append(
+                kwargs["hidden_states"].shape[0]
+            ),
+            with_kwargs=True,
+        )
         outputs.append(rollout(wm, scene, chunks=1, prompt="golden sunset")[1])
-        counts.append(len(calls))
+        counts.append(calls)
     steps = load_preset("tiny")["sampling"]["num_inference_steps"]
-    assert counts == [steps, 2 * steps]
+    assert counts == [[1] * steps, [2] * steps, [1] * (2 * steps)]
     assert not np.array_equal(outputs[0], outputs[1])
+    assert not np.array_equal(outputs[1], outputs[2])
+
+
+def test_batched_guidance_branches_equal_separate_calls(model: DiffusionWorldModel, scene):
+    seq = _sequence(model, scene, refs(scene[1]))
+    latents = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor(600.0)
+    branches = (seq, seq.drop(["text"]), seq.drop(["warp"]))  # same shapes: one batch of 3
+    with torch.no_grad():
+        batched = velocities(model.transformer, branches, latents, t, model.settings)
+        alone = [velocity(model.transformer, b, latents, t, model.settings) for b in branches]
+        mixed = (seq, seq.drop(["references"]))  # fewer tokens: one call each
+        mixed_out = velocities(model.transformer, mixed, latents, t, model.settings)
+    assert len(batched) == 3
+    for a, b in zip(batched, alone, strict=True):
+        assert a.shape == b.shape == latents.shape
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(alone[0], alone[1], atol=1e-5)
+    torch.testing.assert_close(mixed_out[0], alone[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        mixed_out[1], velocity(model.transformer, mixed[1], latents, t, model.settings)
+    )
 
 
 def test_prompt_changes_the_frames(model: DiffusionWorldModel, scene) -> None:

@@ -7,7 +7,8 @@ import torch
 from diffusers import AutoencoderKLWan
 from safetensors.torch import load_file
 
-from cityenv.errors import CheckpointError, ShapeMismatchError, UnknownNameError
+from cityenv.errors import CheckpointError, ConfigError, ShapeMismatchError, UnknownNameError
+from cityenv.worldmodel import vae as vae_module
 from cityenv.worldmodel.vae import StreamingDecoder, VideoVAE
 
 TINY = dict(
@@ -205,9 +206,12 @@ def test_wraps_a_given_model():
     assert wrapped.vae is raw and wrapped.latent_channels == 4
 
 
-def test_cpu_kernels_equal_diffusers_and_keep_gradients():
+@pytest.mark.parametrize("tap_sum_pixels", [0, 10**9], ids=["per-tap", "stacked"])
+def test_cpu_kernels_equal_diffusers_and_keep_gradients(tap_sum_pixels, monkeypatch):
     """The fast CPU convolutions and norms give diffusers' own results (encode, decode and
-    gradients), with the same state-dict keys."""
+    gradients), with the same state-dict keys; both forms of the causal convolution (one
+    convolution per time tap on large frames, one over the stacked taps on small ones)."""
+    monkeypatch.setattr(vae_module, "_TAP_SUM_PIXELS", tap_sum_pixels)
     fast = make_vae(3)
     torch.manual_seed(3)
     reference = AutoencoderKLWan.from_config(TINY)  # diffusers' modules, untouched
@@ -227,3 +231,21 @@ def test_cpu_kernels_equal_diffusers_and_keep_gradients():
         model.decode(mu).sample.square().mean().backward()
     for (name, a), b in zip(fast.vae.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_replace_decoder_keeps_the_latents_and_narrows_the_decoder():
+    vae = make_vae(4)
+    x = video(1, 5)
+    with torch.no_grad():
+        before = vae.encode(x)
+        vae.replace_decoder(2)
+        torch.testing.assert_close(vae.encode(x), before)
+        assert vae.vae.config.decoder_base_dim == 2
+        out = vae.decode(before)
+        stream = vae.streaming_decoder()
+        streamed = torch.cat([stream.decode(before[:, :, :1]), stream.decode(before[:, :, 1:])], 2)
+    assert out.shape == x.shape
+    torch.testing.assert_close(streamed, out, rtol=1e-3, atol=1e-4)
+    assert not any(p.requires_grad for p in vae.vae.parameters())
+    with pytest.raises(ConfigError, match="positive integer"):
+        vae.replace_decoder(0)
