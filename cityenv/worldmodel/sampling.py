@@ -48,8 +48,15 @@ def velocity(
     settings: SamplingSettings,
 ) -> torch.Tensor:
     """The predicted velocity of the target latents ``(1, z, n, h, w)`` at timestep ``t``."""
-    out = transformer(**sequence.inputs(latents, t, settings), return_dict=False)[0]
-    return out[:, :, sequence.layout.target_slice]
+    inputs = sequence.inputs(latents, t, settings)
+    return _target_velocity(transformer, inputs, sequence.layout.target_slice)
+
+
+def _target_velocity(
+    transformer: CityDiT, inputs: dict[str, torch.Tensor], target: slice
+) -> torch.Tensor:
+    """The transformer's output on ``inputs`` (:meth:`ChunkSequence.inputs`) at the targets."""
+    return transformer(**inputs, return_dict=False)[0][:, :, target]
 
 
 def velocities(
@@ -67,18 +74,20 @@ def velocities(
     """
     inputs = [s.inputs(latents, t, settings) for s in sequences]
     first = inputs[0]
-    if len(inputs) == 1 or not all(
+    if not all(
         torch.equal(i["positions"], first["positions"])
         and all(i[k].shape == first[k].shape for k in first)
         for i in inputs[1:]
     ):
-        return [velocity(transformer, s, latents, t, settings) for s in sequences]
+        return [
+            _target_velocity(transformer, i, s.layout.target_slice)
+            for s, i in zip(sequences, inputs, strict=True)
+        ]
     batch = {
         k: v if k == "positions" else torch.cat([i[k] for i in inputs]) for k, v in first.items()
     }
-    out = transformer(**batch, return_dict=False)[0]
     target = sequences[0].layout.target_slice
-    return list(out[:, :, target].split(1))
+    return list(_target_velocity(transformer, batch, target).split(1))
 
 
 def guide(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
